@@ -1,0 +1,1 @@
+"""events: the shared language of both engines — event schema (Arrow), scenarios, the DuckDB store."""

@@ -1,0 +1,1 @@
+"""experiments: user-facing commands (CLI), sweeps, validation, reports."""

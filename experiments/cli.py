@@ -1,0 +1,68 @@
+"""The `shardtwin` command. Each experiments/cmd_*.py module registers its subcommands.
+
+Rules: a user never sees a traceback. ShardtwinError -> one line on stderr and its
+exit code (2 bad input, 1 failed); argparse errors -> one line and exit 2;
+Ctrl-C -> exit 130 after the command's own cleanup ran (finally blocks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import NoReturn, Sequence
+
+from shardtwin.errors import ShardtwinError
+
+# Modules that add subcommands; each has register(subparsers) -> None.
+COMMAND_MODULES = (
+    "experiments.cmd_models",
+    "experiments.cmd_scenario",
+    "experiments.cmd_db",
+    "experiments.cmd_sim",
+    "experiments.cmd_real",
+    "experiments.cmd_demo",
+)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="shardtwin", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # command family not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except ShardtwinError as exc:
+        sys.stderr.write(f"shardtwin: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("shardtwin: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
