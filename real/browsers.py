@@ -1,0 +1,400 @@
+"""Real browser processes: launch, observe, kill, and never leave one behind.
+
+Rules:
+- Only Debian executables (/usr/bin/chromium, firefox-esr); Playwright never downloads.
+- Every browser gets a fresh profile dir named MARKER_PREFIX* (leftover detection keys on it)
+  and its own process group/session; kill() is SIGKILL of that whole group (browser_crash).
+- launcher 'auto' tries Playwright first and falls back to a plain process, recording why.
+  Plain processes get PR_SET_PDEATHSIG=SIGKILL, so they die if shardtwin is kill -9'd;
+  Playwright's driver kills its browsers when its pipe to us closes.
+- Every handle is registered until it has exited: BrowserPool ends them all on normal exit,
+  on exceptions, on SIGINT/SIGTERM (handlers installed only inside the pool, restored after)
+  and at interpreter exit (atexit).
+- Playwright/OS errors are translated into BrowserUnavailableError / RealRunError here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import psutil
+
+from shardtwin.errors import BrowserUnavailableError, RealRunError
+
+MARKER_PREFIX = os.path.join(tempfile.gettempdir(), "shardtwin-browser-")
+EXECUTABLES = {"chromium": ("chromium", "chromium-browser"), "firefox": ("firefox-esr", "firefox")}
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--enable-unsafe-webgpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+    "--no-default-browser-check", "--disable-breakpad", "--password-store=basic",
+    "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows", "--disable-features=Translate,MediaRouter",
+]
+FIREFOX_PREFS: dict[str, Any] = {
+    "dom.webgpu.enabled": True, "gfx.webgpu.ignore-blocklist": True,
+    "dom.max_script_run_time": 0, "dom.max_chrome_script_run_time": 0,  # a hang stays a hang
+    "browser.shell.checkDefaultBrowser": False, "browser.aboutwelcome.enabled": False,
+    "browser.startup.homepage_override.mstone": "ignore", "startup.homepage_welcome_url": "",
+    "datareporting.policy.dataSubmissionEnabled": False, "datareporting.healthreport.uploadEnabled": False,
+    "toolkit.telemetry.enabled": False, "toolkit.telemetry.unified": False,
+    "app.update.enabled": False, "app.update.auto": False, "app.normandy.enabled": False,
+    "extensions.update.enabled": False, "extensions.getAddons.cache.enabled": False,
+    "browser.safebrowsing.malware.enabled": False, "browser.safebrowsing.phishing.enabled": False,
+    "browser.safebrowsing.downloads.enabled": False, "network.captive-portal-service.enabled": False,
+    "network.connectivity-service.enabled": False, "browser.region.update.enabled": False,
+    "browser.newtabpage.enabled": False, "browser.discovery.enabled": False,
+    "network.dns.disablePrefetch": True, "network.prefetch-next": False,
+    "browser.sessionstore.resume_from_crash": False, "toolkit.startup.max_resumed_crashes": -1,
+    "media.gmp-manager.updateEnabled": False, "browser.tabs.warnOnClose": False,
+}
+
+_LIVE: set["BrowserHandle"] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def find_executable(kind: str) -> str:
+    if kind not in EXECUTABLES:
+        raise BrowserUnavailableError(f"unknown real browser {kind!r}; known: {', '.join(EXECUTABLES)}")
+    for name in EXECUTABLES[kind]:
+        if path := shutil.which(name):
+            return path
+    raise BrowserUnavailableError(f"{kind} executable not found ({' or '.join(EXECUTABLES[kind])}); "
+                                  "run scripts/setup.sh (apt) to install it")
+
+
+@dataclass(eq=False)
+class BrowserHandle:
+    """One launched browser. pid is the browser's main process (its process group leader)."""
+
+    kind: str
+    id: str
+    pid: int
+    launcher: str  # playwright | process
+    profile_dir: Path
+    launched_at: float  # time.monotonic() when launch began
+    launch_note: str | None = None  # why the preferred launcher was not used
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    exited_at: float | None = None
+    _proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
+    _context: Any = field(default=None, repr=False)
+    _cdp: Any = field(default=None, repr=False)
+    _watch: asyncio.Task | None = field(default=None, repr=False)
+
+    @property
+    def pgid(self) -> int | None:
+        try:
+            pgid = os.getpgid(self.pid)
+        except ProcessLookupError:
+            return None
+        return None if pgid == os.getpgrp() else pgid  # never signal our own group
+
+    def pids(self) -> list[int]:
+        """Every live process of this browser: its process group plus all descendants."""
+        found: set[int] = set()
+        try:
+            main = psutil.Process(self.pid)
+            found.add(self.pid)
+            found.update(c.pid for c in main.children(recursive=True))
+        except psutil.Error:
+            pass
+        if (pgid := self.pgid) is not None:
+            for p in psutil.process_iter():
+                with contextlib.suppress(ProcessLookupError, psutil.Error):
+                    if os.getpgid(p.pid) == pgid:
+                        found.add(p.pid)
+        return sorted(pid for pid in found if _alive(pid))
+
+    def rss_mb(self) -> float:
+        return sum(_mem(pid, "rss") for pid in self.pids()) / 2**20
+
+    def pss_mb(self) -> float:
+        """Proportional set size (shared pages split fairly); slower than rss_mb."""
+        return sum(_mem(pid, "pss") for pid in self.pids()) / 2**20
+
+    def kill(self) -> None:
+        """SIGKILL the browser's whole process group and any straggler (synchronous, signal-safe)."""
+        pids = self.pids()
+        if (pgid := self.pgid) is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    async def set_cpu_throttle(self, rate: float) -> None:
+        """Chromium via Playwright only: CDP Emulation.setCPUThrottlingRate (1 = off)."""
+        if self._cdp is None:
+            raise RealRunError(f"{self.id}: CPU throttling needs chromium launched through Playwright")
+        try:
+            await self._cdp.send("Emulation.setCPUThrottlingRate", {"rate": float(rate)})
+        except Exception as exc:  # Playwright raises its own Error types
+            raise RealRunError(f"{self.id}: CPU throttling failed: {exc}") from exc
+
+    async def wait_exited(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.exited.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Graceful close (Playwright close / SIGTERM), then SIGKILL of the group; removes the profile."""
+        if not self.exited.is_set():
+            with contextlib.suppress(Exception):
+                if self._context is not None:
+                    await asyncio.wait_for(self._context.close(), timeout)
+                else:
+                    os.kill(self.pid, signal.SIGTERM)
+            if not await self.wait_exited(timeout):
+                self.kill()
+                await self.wait_exited(timeout)
+        self.kill()  # stragglers (children that outlived the main process)
+        if self._watch is not None:
+            self._watch.cancel()
+        _forget(self)
+        shutil.rmtree(self.profile_dir, ignore_errors=True)
+
+    async def _watch_exit(self) -> None:
+        if self._proc is not None:
+            await self._proc.wait()
+        else:
+            while _alive(self.pid):
+                await asyncio.sleep(0.02)
+        self.exited_at = time.monotonic()
+        self.exited.set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _mem(pid: int, attr: str) -> int:
+    try:
+        p = psutil.Process(pid)
+        return getattr(p.memory_full_info() if attr == "pss" else p.memory_info(), attr)
+    except psutil.Error:
+        return 0
+
+
+def _forget(handle: BrowserHandle) -> None:
+    with _LIVE_LOCK:
+        _LIVE.discard(handle)
+
+
+def kill_all_live() -> None:
+    """SIGKILL every registered browser (signal handlers, atexit, emergencies)."""
+    with _LIVE_LOCK:
+        handles = list(_LIVE)
+    for h in handles:
+        h.kill()
+        shutil.rmtree(h.profile_dir, ignore_errors=True)
+
+
+atexit.register(kill_all_live)
+
+
+def leftover_browser_pids(prefix: str = MARKER_PREFIX) -> list[int]:
+    """Processes whose command line mentions a shardtwin profile dir (should be none at rest)."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if p.status() != psutil.STATUS_ZOMBIE and any(prefix in a for a in p.info["cmdline"] or ()):
+                found.append(p.pid)
+    return sorted(found)
+
+
+def _main_pid(profile_dir: Path) -> int:
+    """The browser process that owns this profile: the one whose parent does not mention it."""
+    marker = str(profile_dir)
+    owners = {p.pid: p for p in psutil.process_iter(["pid", "cmdline"])
+              if any(marker in a for a in (p.info["cmdline"] or ()))}
+    for pid, p in owners.items():
+        with contextlib.suppress(psutil.Error):
+            if p.ppid() not in owners:
+                return pid
+    raise RealRunError(f"launched browser not found (profile {profile_dir})")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+
+
+def _process_argv(kind: str, exe: str, profile: Path, url: str, headed: bool) -> list[str]:
+    if kind == "chromium":
+        head = [] if headed else ["--headless=new"]
+        return [exe, *head, *CHROMIUM_ARGS, f"--user-data-dir={profile}", url]
+    prefs = "".join(f"user_pref({k!r}, {_js(v)});\n".replace("'", '"') for k, v in FIREFOX_PREFS.items())
+    (profile / "user.js").write_text(prefs)
+    return [exe, *([] if headed else ["--headless"]), "--no-remote", "--profile", str(profile), url]
+
+
+def _js(v: Any) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else repr(v)
+
+
+async def _launch_process(h: BrowserHandle, exe: str, url: str, headed: bool) -> None:
+    env = {**os.environ, "MOZ_CRASHREPORTER_DISABLE": "1"}
+    try:
+        h._proc = await asyncio.create_subprocess_exec(
+            *_process_argv(h.kind, exe, h.profile_dir, url, headed), env=env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+    except OSError as exc:
+        raise BrowserUnavailableError(f"{h.kind} would not start ({exe}): {exc}") from exc
+    h.pid, h.launcher = h._proc.pid, "process"
+
+
+async def _launch_playwright(h: BrowserHandle, pw: Any, exe: str, url: str, headed: bool) -> None:
+    if h.kind == "chromium":
+        ctx = await pw.chromium.launch_persistent_context(
+            str(h.profile_dir), executable_path=exe, headless=not headed, args=CHROMIUM_ARGS, timeout=30_000)
+    else:
+        ctx = await pw.firefox.launch_persistent_context(
+            str(h.profile_dir), channel="moz-firefox", executable_path=exe, headless=not headed,
+            firefox_user_prefs=FIREFOX_PREFS, timeout=30_000)
+    h._context, h.launcher = ctx, "playwright"
+    h.pid = _main_pid(h.profile_dir)
+    page = ctx.pages[0] if ctx.pages else await ctx.new_page()
+    if h.kind == "chromium":
+        h._cdp = await ctx.new_cdp_session(page)
+    await page.goto(url, wait_until="commit")
+
+
+async def launch_browser(kind: str, url: str, headed: bool = False, *, browser_id: str | None = None,
+                         launcher: str = "auto", playwright: Any = None) -> BrowserHandle:
+    """Start `kind` at `url`. launcher: auto | playwright (needs `playwright`) | process."""
+    if launcher not in ("auto", "playwright", "process"):
+        raise RealRunError(f"unknown launcher {launcher!r}; known: auto, playwright, process")
+    exe = find_executable(kind)
+    profile = Path(tempfile.mkdtemp(prefix=os.path.basename(MARKER_PREFIX), dir=os.path.dirname(MARKER_PREFIX)))
+    h = BrowserHandle(kind, browser_id or profile.name, 0, launcher, profile, time.monotonic())
+    with _LIVE_LOCK:
+        _LIVE.add(h)
+    try:
+        if launcher != "process" and playwright is not None:
+            try:
+                await _launch_playwright(h, playwright, exe, url, headed)
+            except Exception as exc:  # Playwright's errors are not one hierarchy
+                if launcher == "playwright":
+                    raise BrowserUnavailableError(f"{kind} via Playwright failed: {exc}") from exc
+                h.launch_note = f"playwright failed: {' '.join(str(exc).split())[:300]}"
+                await _discard_context(h)
+        elif launcher == "playwright":
+            raise BrowserUnavailableError("launcher 'playwright' needs a started Playwright instance")
+        if h.launcher != "playwright":
+            await _launch_process(h, exe, url, headed)
+    except BaseException:
+        h.kill()
+        _forget(h)
+        shutil.rmtree(profile, ignore_errors=True)
+        raise
+    h._watch = asyncio.create_task(h._watch_exit())
+    return h
+
+
+async def _discard_context(h: BrowserHandle) -> None:
+    if h._context is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(h._context.close(), 5)
+    h.kill()
+    for pid in leftover_browser_pids(str(h.profile_dir)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    h._context = h._cdp = None
+    h.launcher = "process"
+
+
+@contextlib.contextmanager
+def kill_browsers_on_signals() -> Iterator[None]:
+    """While active, SIGINT/SIGTERM first SIGKILL every live browser, then do what they did before."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(sig: int, frame: Any) -> None:
+        kill_all_live()
+        prev = previous[sig]
+        if callable(prev):
+            prev(sig, frame)
+        elif prev != signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
+
+
+class BrowserPool:
+    """async with BrowserPool() as pool: h = await pool.launch('chromium', url, browser_id='c0').
+
+    Owns one Playwright instance (started lazily, unless launcher='process') and every handle
+    it launched; all of them end when the block ends, however it ends.
+    """
+
+    def __init__(self, launcher: str = "auto", handle_signals: bool = True) -> None:
+        self.launcher = launcher
+        self.handles: list[BrowserHandle] = []
+        self._signals = kill_browsers_on_signals() if handle_signals else contextlib.nullcontext()
+        self._pw_manager: Any = None
+        self._pw: Any = None
+
+    async def __aenter__(self) -> "BrowserPool":
+        self._signals.__enter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            await self.close_all()
+            if self._pw_manager is not None:
+                with contextlib.suppress(Exception):
+                    await self._pw_manager.__aexit__(None, None, None)
+        finally:
+            self._signals.__exit__(None, None, None)
+
+    async def _playwright(self) -> Any:
+        if self._pw is None and self.launcher != "process":
+            try:
+                from playwright.async_api import async_playwright
+                self._pw_manager = async_playwright()
+                self._pw = await self._pw_manager.__aenter__()
+            except Exception as exc:
+                if self.launcher == "playwright":
+                    raise BrowserUnavailableError(f"Playwright would not start: {exc}") from exc
+                self.launcher = "process"
+        return self._pw
+
+    async def launch(self, kind: str, url: str, browser_id: str | None = None,
+                     headed: bool = False, launcher: str | None = None) -> BrowserHandle:
+        chosen = launcher or self.launcher
+        pw = None if chosen == "process" else await self._playwright()
+        h = await launch_browser(kind, url, headed, browser_id=browser_id, launcher=chosen, playwright=pw)
+        self.handles.append(h)
+        return h
+
+    async def close_all(self, timeout: float = 5.0) -> None:
+        handles, self.handles = self.handles, []
+        results = await asyncio.gather(*(h.close(timeout) for h in handles), return_exceptions=True)
+        for h, r in zip(handles, results):
+            if isinstance(r, BaseException):
+                h.kill()

@@ -1,0 +1,381 @@
+"""The worker server: static worker page + ONNX shards over HTTP, the data plane over WebSocket.
+
+Rules:
+- Binds 127.0.0.1 only (WebGPU needs a secure context; nothing else should reach it), port 0.
+- Every response carries COOP/COEP/CORP (cross-origin isolation: WASM threads need it).
+- Static names are validated against a strict pattern and served only from their directory.
+- A worker is accepted only after a hello carrying the per-run secret (constant-time compare);
+  anything else is closed with 1008 (policy) and reported as a WorkerRejected event.
+- This layer is transport only: it reports what happened (ServerEvent) with a time from the
+  injected clock and never decides anything. The driver owns policy.
+- Library errors are translated here into shardtwin.errors classes (`raise ... from exc`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import quote
+
+import numpy as np
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from real.protocol import (FAULTS, FROM_WORKER, Control, ErrorReport, FrameKind, Hello, Inject,
+                           LoadShard, Ping, Pong, ProtocolError, ShardLoaded, TensorFrame,
+                           UnloadShard, Welcome, decode_control, decode_tensors,
+                           encode_control, encode_tensors)
+from shardtwin.errors import RealRunError
+
+WEB_DIR = Path(__file__).parent / "web"
+ORT_DIST = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
+ISOLATION_HEADERS = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+PAGE_CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self' blob:; "
+            "connect-src 'self' ws://127.0.0.1:*; object-src 'none'; base-uri 'none'")
+MIME = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+        ".mjs": "text/javascript; charset=utf-8", ".wasm": "application/wasm",
+        ".onnx": "application/octet-stream", ".map": "application/json"}
+STATIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,122}\.onnx$")
+BROWSER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+
+
+class WorkerGoneError(RealRunError):
+    """The worker's connection closed while something was sent to it or awaited from it."""
+
+
+class WorkerReportedError(RealRunError):
+    """The worker page reported an error for a load or a run (`report` holds the details)."""
+
+    def __init__(self, report: ErrorReport) -> None:
+        super().__init__(f"worker {report.kind}: {report.message}")
+        self.report = report
+
+
+# --- what the server reports (past tense; t = clock() seconds at receipt) -----------
+
+@dataclass(frozen=True, slots=True)
+class WorkerConnected:
+    t: float
+    browser_id: str
+    conn: "WorkerConnection"
+    capabilities: dict
+    reconnect: bool  # this id had connected before in this server's life
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    t: float
+    browser_id: str
+    message: Control | TensorFrame
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDisconnected:
+    t: float
+    browser_id: str
+    code: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRejected:
+    t: float
+    browser_id: str | None  # the id it claimed, if any
+    reason: str
+    peer: str | None
+
+
+ServerEvent = WorkerConnected | MessageReceived | WorkerDisconnected | WorkerRejected
+
+
+@dataclass(eq=False)
+class WorkerConnection:
+    """One accepted worker socket. send_* fire and forget; load_shard/run/ping await replies."""
+
+    browser_id: str
+    capabilities: dict
+    connected_at: float
+    _ws: web.WebSocketResponse = field(repr=False)
+    _pending: dict[tuple, asyncio.Future] = field(default_factory=dict, repr=False)
+    closed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    close_code: int | None = None
+    _nonce: Any = field(default_factory=lambda: itertools.count(1), repr=False)
+
+    async def _send(self, data: str | bytes) -> None:
+        if self.closed.is_set() or self._ws.closed:
+            raise WorkerGoneError(f"worker {self.browser_id} is disconnected")
+        try:
+            if isinstance(data, str):
+                await self._ws.send_str(data)
+            else:
+                await self._ws.send_bytes(data)
+        except (ConnectionError, RuntimeError) as exc:
+            raise WorkerGoneError(f"worker {self.browser_id}: send failed: {exc}") from exc
+
+    async def send_load_shard(self, shard: int, url: str, backend: str,
+                              inputs: tuple[str, ...] = (), outputs: tuple[str, ...] = ()) -> None:
+        await self._send(encode_control(LoadShard(shard, url, backend, list(inputs), list(outputs))))
+
+    async def send_unload_shard(self, shard: int) -> None:
+        await self._send(encode_control(UnloadShard(shard)))
+
+    async def send_run(self, req: int, shard: int, attempt: int, tensors: Mapping[str, np.ndarray]) -> None:
+        await self._send(encode_tensors(TensorFrame(FrameKind.RUN, req, shard, attempt, tensors)))
+
+    async def send_inject(self, fault: str, **params: Any) -> None:
+        if fault not in FAULTS:
+            raise ProtocolError(f"unknown fault {fault!r}; accepted: {', '.join(FAULTS)}")
+        await self._send(encode_control(Inject(fault, params)))
+
+    async def send_ping(self, nonce: int) -> None:
+        await self._send(encode_control(Ping(nonce)))
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self._ws.close(code=code, message=reason.encode()[:120])
+
+    # request/response helpers (the replies are still reported as MessageReceived events)
+    async def load_shard(self, shard: int, url: str, backend: str, timeout: float = 60.0,
+                         inputs: tuple[str, ...] = (), outputs: tuple[str, ...] = ()) -> ShardLoaded:
+        fut = self._expect(("load", shard))
+        await self.send_load_shard(shard, url, backend, inputs, outputs)
+        return await self._await(fut, timeout, f"load of shard {shard}")
+
+    async def run(self, req: int, shard: int, attempt: int, tensors: Mapping[str, np.ndarray],
+                  timeout: float = 60.0) -> TensorFrame:
+        fut = self._expect(("run", req, shard, attempt))
+        await self.send_run(req, shard, attempt, tensors)
+        return await self._await(fut, timeout, f"run req {req} shard {shard}")
+
+    async def ping(self, timeout: float = 5.0) -> float:
+        """Round trip of a ping in ms (monotonic clock of this process)."""
+        nonce = next(self._nonce)
+        fut = self._expect(("pong", nonce))
+        t0 = time.perf_counter()
+        await self.send_ping(nonce)
+        await self._await(fut, timeout, "ping")
+        return (time.perf_counter() - t0) * 1000
+
+    def _expect(self, key: tuple) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[key] = fut
+        return fut
+
+    async def _await(self, fut: asyncio.Future, timeout: float, what: str) -> Any:
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError as exc:
+            raise RealRunError(f"worker {self.browser_id}: {what} timed out after {timeout} s") from exc
+        finally:
+            for key, f in list(self._pending.items()):
+                if f is fut:
+                    del self._pending[key]
+
+    def _dispatch(self, msg: Control | TensorFrame) -> None:
+        match msg:
+            case TensorFrame(req=req, shard=shard, attempt=attempt):
+                self._resolve(("run", req, shard, attempt), msg)
+            case ShardLoaded(shard=shard):
+                self._resolve(("load", shard), msg)
+            case Pong(nonce=nonce):
+                self._resolve(("pong", nonce), msg)
+            case ErrorReport(kind="load_failed", shard=shard):
+                self._resolve(("load", shard), WorkerReportedError(msg))
+            case ErrorReport(req=req, shard=shard, attempt=attempt) if req is not None:
+                self._resolve(("run", req, shard, attempt), WorkerReportedError(msg))
+            case _:
+                pass
+
+    def _resolve(self, key: tuple, value: Any) -> None:
+        fut = self._pending.pop(key, None)
+        if fut is None or fut.done():
+            return
+        if isinstance(value, Exception):
+            fut.set_exception(value)
+        else:
+            fut.set_result(value)
+
+    def _mark_closed(self, code: int | None) -> None:
+        self.close_code = code
+        self.closed.set()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(WorkerGoneError(f"worker {self.browser_id} disconnected (code {code})"))
+        self._pending.clear()
+
+
+class WorkerServer:
+    """async with WorkerServer(shard_dir, secret) as srv: srv.worker_url(id) -> page URL.
+
+    Events go to `on_event(event)` if given, else into the `events` queue.
+    `connections` maps browser id -> the live WorkerConnection.
+    """
+
+    def __init__(self, shard_dir: str | Path, secret: str, *, heartbeat_interval_ms: float = 250.0,
+                 max_msg_bytes: int = 64 << 20, hello_timeout_s: float = 15.0,
+                 on_event: Callable[[ServerEvent], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not secret:
+            raise RealRunError("the worker server needs a non-empty run secret")
+        self.shard_dir = Path(shard_dir)
+        self.secret = secret
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.max_msg_bytes = max_msg_bytes
+        self.hello_timeout_s = hello_timeout_s
+        self.clock = clock
+        self.events: asyncio.Queue[ServerEvent] = asyncio.Queue()
+        self._on_event = on_event or self.events.put_nowait
+        self.connections: dict[str, WorkerConnection] = {}
+        self._seen: set[str] = set()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def worker_url(self, browser_id: str, threads: int = 0) -> str:
+        if not BROWSER_ID.match(browser_id):
+            raise RealRunError(f"bad browser id {browser_id!r}; use letters, digits, . _ : -")
+        return (f"{self.base_url}/worker.html?id={quote(browser_id)}&threads={int(threads)}"
+                f"#secret={quote(self.secret)}")
+
+    def shard_url(self, name: str) -> str:
+        """The page-relative URL of a shard file in shard_dir (validated name)."""
+        if not SHARD_NAME.match(name):
+            raise RealRunError(f"bad shard file name {name!r}; expected <letters/digits/._->.onnx")
+        return f"/shards/{name}"
+
+    async def __aenter__(self) -> "WorkerServer":
+        if not (ORT_DIST / "ort.webgpu.min.mjs").is_file():
+            raise RealRunError(f"onnxruntime-web is not installed in {ORT_DIST.parent.parent}; "
+                               "run scripts/setup.sh (npm ci in real/web)")
+        app = web.Application()
+        app.on_response_prepare.append(self._add_headers)
+        app.router.add_get("/ws", self._ws_handler)
+        app.router.add_get("/worker.html", lambda r: self._file(WEB_DIR / "worker.html"))
+        app.router.add_get("/worker.js", lambda r: self._file(WEB_DIR / "worker.js"))
+        app.router.add_get("/ort/{name}", lambda r: self._named(ORT_DIST, r.match_info["name"], STATIC_NAME))
+        app.router.add_get("/shards/{name}", lambda r: self._named(self.shard_dir, r.match_info["name"], SHARD_NAME))
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        try:
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await site.start()
+        except OSError as exc:
+            raise RealRunError(f"worker server could not bind 127.0.0.1: {exc}") from exc
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for conn in list(self.connections.values()):
+            await conn.close(WSCloseCode.GOING_AWAY, "server stopping")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def wait_connected(self, browser_id: str, timeout: float = 30.0) -> WorkerConnection:
+        """Poll until a worker with this id is connected (does not consume events)."""
+        deadline = time.monotonic() + timeout
+        while (conn := self.connections.get(browser_id)) is None or conn.closed.is_set():
+            if time.monotonic() > deadline:
+                raise RealRunError(f"worker {browser_id} did not connect within {timeout} s")
+            await asyncio.sleep(0.01)
+        return conn
+
+    # --- HTTP -------------------------------------------------------------------------
+    @staticmethod
+    async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.update(ISOLATION_HEADERS)
+        if request.path == "/worker.html":
+            response.headers["Content-Security-Policy"] = PAGE_CSP
+
+    @staticmethod
+    def _file(path: Path) -> web.StreamResponse:
+        if not path.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(path, headers={"Content-Type": MIME.get(path.suffix, "application/octet-stream")})
+
+    def _named(self, root: Path, name: str, pattern: re.Pattern) -> web.StreamResponse:
+        if not pattern.match(name) or ".." in name:
+            raise web.HTTPNotFound()
+        path = (root / name).resolve()
+        if path.parent != root.resolve():
+            raise web.HTTPNotFound()
+        return self._file(path)
+
+    # --- WebSocket --------------------------------------------------------------------
+    async def _ws_handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=False, max_msg_size=self.max_msg_bytes)
+        await ws.prepare(request)
+        hello = await self._read_hello(ws, request.remote)
+        if hello is None:
+            return ws
+        if (old := self.connections.get(hello.id)) is not None:
+            await old.close(4000, "superseded by a new connection")
+        conn = WorkerConnection(hello.id, hello.capabilities, self.clock(), ws)
+        self.connections[hello.id] = conn
+        reconnect = hello.id in self._seen
+        self._seen.add(hello.id)
+        try:
+            await ws.send_str(encode_control(Welcome(self.heartbeat_interval_ms, self.clock() * 1000)))
+            self._on_event(WorkerConnected(self.clock(), hello.id, conn, hello.capabilities, reconnect))
+            await self._read_loop(ws, conn, request.remote)
+        except (ConnectionError, RuntimeError):
+            pass  # the socket died mid-send; reported as a disconnect below
+        finally:
+            conn._mark_closed(ws.close_code)
+            if self.connections.get(hello.id) is conn:
+                del self.connections[hello.id]
+            reason = "" if ws.exception() is None else str(ws.exception())
+            self._on_event(WorkerDisconnected(self.clock(), hello.id, ws.close_code, reason))
+        return ws
+
+    async def _read_hello(self, ws: web.WebSocketResponse, peer: str | None) -> Hello | None:
+        claimed = None
+        try:
+            msg = await asyncio.wait_for(ws.receive(), self.hello_timeout_s)
+            if msg.type != WSMsgType.TEXT:
+                raise ProtocolError(f"first frame must be a text hello, got {msg.type.name}")
+            hello = decode_control(msg.data, (Hello,))
+            claimed = hello.id
+            if not hmac.compare_digest(hello.secret.encode(), self.secret.encode()):
+                raise ProtocolError("wrong or missing run secret")
+            if not BROWSER_ID.match(hello.id):
+                raise ProtocolError(f"bad browser id {hello.id!r}")
+            return hello
+        except (ProtocolError, asyncio.TimeoutError) as exc:
+            reason = str(exc) or f"no hello within {self.hello_timeout_s} s"
+        self._on_event(WorkerRejected(self.clock(), claimed, reason, peer))
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:120])
+        return None
+
+    async def _read_loop(self, ws: web.WebSocketResponse, conn: WorkerConnection, peer: str | None) -> None:
+        accepted = tuple(c for c in FROM_WORKER if c is not Hello)
+        async for msg in ws:
+            try:
+                if msg.type == WSMsgType.TEXT:
+                    decoded: Control | TensorFrame = decode_control(msg.data, accepted)
+                elif msg.type == WSMsgType.BINARY:
+                    decoded = decode_tensors(msg.data, self.max_msg_bytes)
+                    if decoded.kind != FrameKind.RESULT:
+                        raise ProtocolError("a worker may only send result frames")
+                else:
+                    if msg.type == WSMsgType.ERROR:  # e.g. a frame over max_msg_bytes
+                        self._on_event(WorkerRejected(self.clock(), conn.browser_id, str(ws.exception()), peer))
+                    break
+            except ProtocolError as exc:
+                self._on_event(WorkerRejected(self.clock(), conn.browser_id, str(exc), peer))
+                continue
+            self._on_event(MessageReceived(self.clock(), conn.browser_id, decoded))
+            conn._dispatch(decoded)
