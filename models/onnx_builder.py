@@ -260,6 +260,8 @@ def build_shard_model(model_name: Any, units: Sequence[str], weights: Mapping[st
             fam.emit(st, unit)
     except KeyError as exc:
         raise ModelAssetError(f"weights for {arch.name} lack {exc}") from None
+    # inputs in a stable order: carried tensors first, then request inputs as first declared
+    st.g.inputs.sort(key=lambda v: not v.name.endswith(CARRIED_SUFFIX))
     for name in shard_outputs(fam, fam.units(arch), start + len(units), st.env):
         dtype, shape = fam.tensor_type(st, name)
         st.g.add_output(st.env[name], name, dtype, shape)

@@ -136,6 +136,9 @@ class Weights(Mapping[str, np.ndarray]):
         except KeyError:
             raise ModelAssetError(f"{self.model} ({self.source}) has no tensor {name!r}") from None
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._t
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._t)
 
@@ -212,3 +215,11 @@ def load_weights(model_name: Any, seed: int = 0) -> Weights:
     if arch.name in REAL_MODELS:
         return real_minilm_weights()
     return synthetic_weights(arch, seed)
+
+
+def weights_source(model_name: Any, seed: int = 0) -> str:
+    """The `.source` that load_weights(model_name, seed) will have, without loading anything."""
+    from models.fetch_weights import SAFETENSORS_SHA256
+
+    arch = resolve_arch(model_name)
+    return f"real:{SAFETENSORS_SHA256[:8]}" if arch.name in REAL_MODELS else f"synthetic:seed={seed}"
