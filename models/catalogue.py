@@ -203,5 +203,11 @@ def list_models(model_type: ModelType | str | None = None) -> list[ArchConfig]:
 
 
 def with_overrides(arch: ArchConfig, **changes) -> ArchConfig:
-    """A copy of `arch` with some fields changed (for what-if experiments and tests)."""
+    """A copy of `arch` with some fields changed (for what-if experiments and tests).
+    Derived fields follow their inputs unless given: head_dim from hidden_size/num_heads,
+    num_kv_heads from num_heads (when the original had no grouped-query attention)."""
+    if "head_dim" not in changes and {"hidden_size", "num_heads"} & changes.keys():
+        changes["head_dim"] = 0
+    if "num_kv_heads" not in changes and "num_heads" in changes and arch.num_kv_heads == arch.num_heads:
+        changes["num_kv_heads"] = 0
     return replace(arch, **changes)
