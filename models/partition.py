@@ -293,13 +293,20 @@ def _check(a: ArchConfig, n: int, st: ShardType, batch: int, seq: int) -> None:
                         f"feed-forward sub-blocks; use layer or component")
 
 
+def _limits(a: ArchConfig, us: list[Unit]) -> dict[ShardType, int]:
+    """The largest shard count per applicable shard type (component cuts go down to layers)."""
+    layer = len(_blocks(us, ShardType.LAYER))
+    out = {ShardType.LAYER: layer, ShardType.ATTENTION_FEEDFORWARD: len(_blocks(us, ShardType.ATTENTION_FEEDFORWARD)),
+           ShardType.COMPONENT: layer}
+    if not a.is_transformer:
+        del out[ShardType.ATTENTION_FEEDFORWARD]
+    return out
+
+
 def max_shards(model: str | ArchConfig, shard_type: ShardType | str) -> int:
     """The largest shard count a model accepts for a shard type (0: type not applicable)."""
     a, st = get_model(model), parse(ShardType, shard_type, "shard type")
-    if st is ShardType.ATTENTION_FEEDFORWARD and not a.is_transformer:
-        return 0
-    key = ShardType.LAYER if st is ShardType.COMPONENT else st
-    return len(_blocks(graph_units(build_graph(a)), key))
+    return _limits(a, graph_units(build_graph(a))).get(st, 0)
 
 
 def make_plan(model: str | ArchConfig, shards: int, shard_type: ShardType | str,
@@ -311,7 +318,7 @@ def make_plan(model: str | ArchConfig, shards: int, shard_type: ShardType | str,
     seq = effective_seq_len(a, int(seq_len))
     g = build_graph(a)
     us = graph_units(g)
-    limits = {t: max_shards(a, t) for t in ShardType if max_shards(a, t)}
+    limits = _limits(a, us)
     if n > limits[st]:
         raise _too_many(a, n, st, limits)
     cost = {u.name: u.total_flops(batch, seq) for u in us}
