@@ -42,7 +42,8 @@ CLASSES = ("matmul", "attention", "elementwise", "conv")
 
 @dataclass(frozen=True, slots=True)
 class ShardSpec:
-    """One shard of a plan, costed at the plan's batch size and sequence length."""
+    """One shard of a plan, costed at the plan's batch size and sequence length.
+    (flops_by_class is a dict, so specs and plans compare by value but are not hashable.)"""
 
     index: int
     name: str                         # readable: 'embedding', 'layers_0_5', 'vision_tower', ...
