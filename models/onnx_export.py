@@ -3,8 +3,8 @@
 Rules:
 - One file per shard: <out_dir>/<model>.shard<index>.<key12>.onnx, where key is the sha256
   of (builder version, model, units, batch, seq, opset, weights source). Same key -> same
-  bytes, so an existing file whose size and sha256 match the manifest is reused as is
-  and weights are not even loaded when every shard is cached.
+  bytes, so an existing file whose size matches its sidecar <file>.json is reused as is,
+  whatever plan wrote it, and weights are not even loaded when every shard is cached.
 - Files are written to a temporary name and renamed (a reader never sees half a file).
 - <out_dir>/manifest.json lists every shard: index, path, inputs, outputs, bytes, sha256,
   units, weights source, batch, seq; it is rewritten after every export.
@@ -68,19 +68,18 @@ def shard_key(model: str, units: Sequence[str], batch: int, seq: int, opset: int
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _load_manifest(out: Path) -> dict[str, dict]:
-    """Previously written shards by file name (empty when absent or unreadable)."""
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _cached(path: Path) -> ShardFile | None:
+    """The ShardFile recorded next to an existing shard file, if the file still has its size."""
     try:
-        shards = json.loads((out / MANIFEST).read_text())["shards"]
+        entry = json.loads(_sidecar(path).read_text())
+        hit = ShardFile.from_json({**entry, "path": str(path)})
     except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    return {Path(s["path"]).name: s for s in shards}
-
-
-def _cached(path: Path, entry: dict | None) -> ShardFile | None:
-    if entry is None or not path.is_file() or path.stat().st_size != entry.get("bytes"):
         return None
-    return ShardFile.from_json({**entry, "path": str(path)})
+    return hit if path.is_file() and path.stat().st_size == hit.bytes else None
 
 
 def _write(path: Path, model: onnx.ModelProto, index: int, units: Sequence[str], source: str) -> ShardFile:
@@ -91,8 +90,10 @@ def _write(path: Path, model: onnx.ModelProto, index: int, units: Sequence[str],
         tmp.replace(path)
     except OSError as exc:
         raise ModelAssetError(f"cannot write shard file {path}: {exc.strerror or exc}") from exc
-    return ShardFile(index, str(path), _infos(model.graph.input), _infos(model.graph.output), len(data),
-                     hashlib.sha256(data).hexdigest(), tuple(units), source)
+    shard = ShardFile(index, str(path), _infos(model.graph.input), _infos(model.graph.output), len(data),
+                      hashlib.sha256(data).hexdigest(), tuple(units), source)
+    _sidecar(path).write_text(json.dumps(shard.to_json()))  # written last: marks the file complete
+    return shard
 
 
 def export_plan_shards(model_name: Any, shard_units: list[list[str]], out_dir: str | Path,
@@ -101,12 +102,12 @@ def export_plan_shards(model_name: Any, shard_units: list[list[str]], out_dir: s
     arch = resolve_arch(model_name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    source, previous = weights_source(arch, seed), _load_manifest(out)
+    source = weights_source(arch, seed)
     weights, files = None, []
     for index, units in enumerate(shard_units):
         key = shard_key(arch.name, units, batch_size, seq_len, opset, source)
         path = out / f"{arch.name}.shard{index}.{key[:12]}.onnx"
-        hit = _cached(path, previous.get(path.name))
+        hit = _cached(path)
         if hit is None:
             weights = weights or load_weights(arch, seed)
             model = build_shard_model(arch, units, weights, batch_size, seq_len, opset)

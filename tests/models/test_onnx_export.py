@@ -29,6 +29,9 @@ def test_export_writes_manifest_and_reuses_cached_files(tmp_path):
     assert again == files and mtimes == [(tmp_path / f.path).stat().st_mtime_ns for f in files]
     other = export_plan_shards(ARCH, plan, tmp_path, batch_size=1, seq_len=8, seed=6)
     assert other[0].path != files[0].path and other[0].sha256 != files[0].sha256
+    # switching back to the first plan reuses its files (cache is per file, not per manifest)
+    assert export_plan_shards(ARCH, plan, tmp_path, batch_size=1, seq_len=8, seed=5) == files
+    assert mtimes == [(tmp_path / f.path).stat().st_mtime_ns for f in files]
 
     ids = np.arange(8, dtype=np.int64)[None] + 3
     feeds = {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": np.ones_like(ids)}
