@@ -34,6 +34,7 @@ class EventKind(StrEnum):
     RUN_STARTED = "run_started"
     RUN_FINISHED = "run_finished"
     RUN_ABORTED = "run_aborted"
+    WORKLOAD_STARTED = "workload_started"          # every primary shard serving; input times count from here
     # --- browsers ---
     BROWSER_LAUNCH_REQUESTED = "browser_launch_requested"
     BROWSER_READY = "browser_ready"                # value = launch ms; detail: capabilities
@@ -49,6 +50,7 @@ class EventKind(StrEnum):
     SHARD_LOAD_STARTED = "shard_load_started"
     SHARD_LOADED = "shard_loaded"                  # value = load ms
     SHARD_LOST = "shard_lost"
+    SHARD_LOAD_FAILED = "shard_load_failed"        # detail: reason
     # --- requests ---
     REQUEST_SUBMITTED = "request_submitted"
     SHARD_STARTED = "shard_started"

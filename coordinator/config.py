@@ -1,0 +1,74 @@
+"""What the coordinator is told once, before a run: shards, browser slots, settings.
+
+Rules: built from a Scenario and its ShardPlan (plus speeds from a profile or from
+history) by `build_config`; frozen; no IO. Browser ids are `<kind>-<index>` in the
+order of the scenario's browser list, then the standbys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from coordinator.settings import Settings, resolve
+from shardtwin.vocab import Browser, PlacementPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class ShardInfo:
+    index: int
+    name: str
+    deps: tuple[int, ...]
+    weight_mb: float
+    gflops: float
+    specialization: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserSlot:
+    id: str
+    kind: Browser
+    role: str = "worker"          # worker | standby
+    gflops: float = 1.0           # expected speed for this browser's backend (capacity placement)
+    memory_mb: float = 4096.0     # budget for shards
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorConfig:
+    shards: tuple[ShardInfo, ...]
+    browsers: tuple[BrowserSlot, ...]
+    settings: Settings
+    placement: PlacementPolicy = PlacementPolicy.ROUND_ROBIN
+    model_type: str = "text"
+    history_speed: Mapping[str, float] = field(default_factory=dict)   # browser kind -> measured GFLOPS
+
+    def successors(self) -> dict[int, tuple[int, ...]]:
+        out: dict[int, list[int]] = {s.index: [] for s in self.shards}
+        for s in self.shards:
+            for d in s.deps:
+                out[d].append(s.index)
+        return {k: tuple(v) for k, v in out.items()}
+
+    def sinks(self) -> tuple[int, ...]:
+        succ = self.successors()
+        return tuple(i for i, v in succ.items() if not v)
+
+
+def build_config(scenario, plan, speed_of=None, memory_mb: float = 4096.0,
+                 history_speed: Mapping[str, float] | None = None) -> CoordinatorConfig:
+    """Config for `scenario` split by `plan`; speed_of(kind, backend) -> GFLOPS (default 1)."""
+    settings: Settings = resolve(scenario.fault_tolerance_level, scenario.recovery_strategy, scenario.tolerance)
+    kinds = list(scenario.browser_list())
+    slots: list[BrowserSlot] = []
+    for i, k in enumerate(kinds):
+        slots.append(BrowserSlot(f"{k}-{i}", Browser(k), "worker",
+                                 speed_of(k, scenario.backend) if speed_of else 1.0, memory_mb))
+    for j in range(settings.standby_browsers):
+        k = kinds[j % len(kinds)]
+        idx = len(kinds) + j
+        slots.append(BrowserSlot(f"{k}-{idx}", Browser(k), "standby",
+                                 speed_of(k, scenario.backend) if speed_of else 1.0, memory_mb))
+    shards = tuple(ShardInfo(s.index, s.name, tuple(s.deps), float(s.weight_mb), float(s.gflops),
+                             getattr(s, "specialization", "") or "") for s in plan.shards)
+    return CoordinatorConfig(shards, tuple(slots), settings, scenario.placement,
+                             str(plan.model_type), dict(history_speed or {}))

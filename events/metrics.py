@@ -1,0 +1,159 @@
+"""Metrics from an event log, for both engines: the seed guide's result JSON and extras.
+
+Rules: computed only from events (never from counters inside a driver), so a stored run
+gives the same figures as the live one. Anything that cannot be measured is null, never
+a made-up number (e.g. recovery_success_rate is null when nothing failed).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from events.schema import Event, EventKind as K, EventLog
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def latency_summary(log: EventLog) -> dict[str, Any]:
+    done = [e.value for e in log.events if e.kind == K.REQUEST_COMPLETED and e.value is not None]
+    failed = [e for e in log.events if e.kind == K.REQUEST_FAILED]
+    submitted = [e for e in log.events if e.kind == K.REQUEST_SUBMITTED]
+    reasons: dict[str, int] = {}
+    for e in failed:
+        why = e.details().get("reason", "unknown")
+        reasons[why] = reasons.get(why, 0) + 1
+    start = next((e.t_ms for e in log.events if e.kind == K.WORKLOAD_STARTED), None)
+    ends = [e.t_ms for e in log.events if e.kind in (K.REQUEST_COMPLETED, K.REQUEST_FAILED)]
+    span = (max(ends) - start) if ends and start is not None else None
+    return {
+        "requests": {"submitted": len(submitted), "completed": len(done), "failed": len(failed),
+                     "lost": len(submitted) - len(done) - len(failed), "failed_reasons": reasons},
+        "latency_ms": {"mean": float(np.mean(done)) if done else None, "p50": _pct(done, 50),
+                       "p90": _pct(done, 90), "p95": _pct(done, 95), "p99": _pct(done, 99),
+                       "max": max(done) if done else None},
+        "throughput_rps": (len(done) / (span / 1000.0)) if span else None,
+        "workload_ms": span,
+    }
+
+
+def fault_timeline(log: EventLog) -> list[dict[str, Any]]:
+    """Per injected fault: when it was detected and when recovery ended (same browser)."""
+    ev = log.events
+    out = []
+    for i, f in enumerate(ev):
+        if f.kind != K.FAULT_INJECTED or f.browser is None:
+            continue
+        d = f.details()
+        det = next((e for e in ev[i:] if e.kind == K.FAILURE_DETECTED and e.browser == f.browser), None)
+        end = None
+        if det is not None:
+            j = ev.index(det)
+            end = next((e for e in ev[j:] if e.kind in (K.RECOVERY_COMPLETED, K.RECOVERY_FAILED)
+                        and e.browser == f.browser and e.request_id == det.request_id), None)
+        out.append({
+            "fault": d.get("fault"), "browser": f.browser, "shard": f.shard, "injected_ms": f.t_ms,
+            "detected_ms": det.t_ms if det else None,
+            "detection_ms": (det.t_ms - f.t_ms) if det else None,
+            "cause": det.details().get("cause") if det else None,
+            "recovered": end is not None and end.kind == K.RECOVERY_COMPLETED,
+            "recovery_ms": end.value if end is not None and end.kind == K.RECOVERY_COMPLETED else None,
+            "outage_ms": (end.t_ms - f.t_ms) if end is not None else None,
+            "action": end.details().get("action") if end is not None else None,
+        })
+    return out
+
+
+def _allocation(log: EventLog, backend: str, specs: dict[int, str]) -> dict[str, Any]:
+    alloc: dict[str, Any] = {}
+    for e in log.events:
+        if e.kind == K.SHARD_PLACED and e.details().get("role") == "primary" and str(e.shard) not in alloc:
+            alloc[str(e.shard)] = {"browser": (e.browser or "").rsplit("-", 1)[0], "browser_id": e.browser,
+                                   "platform": backend, "specialization": specs.get(e.shard, "")}
+    for e in log.events:
+        if e.kind == K.BACKEND_FALLBACK:
+            for a in alloc.values():
+                if a["browser_id"] == e.browser:
+                    a["platform"] = e.details().get("got", a["platform"])
+    return dict(sorted(alloc.items(), key=lambda kv: int(kv[0])))
+
+
+def _recovery(log: EventLog, strategy: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    ev = log.events
+    detected = [e for e in ev if e.kind == K.FAILURE_DETECTED]
+    ok = [e for e in ev if e.kind == K.RECOVERY_COMPLETED]
+    bad = [e for e in ev if e.kind == K.RECOVERY_FAILED]
+    attempts = [e for e in ev if e.kind == K.RECOVERY_STARTED and e.details().get("action") != "detect"]
+    actions = sorted({e.details().get("action", "") for e in ok})
+    ended = len(ok) + len(bad)
+    rm = {"failures_detected": len(detected),
+          "recovery_success_rate": (len(ok) / ended) if ended else None,
+          "recovery_time_ms": float(np.mean([e.value for e in ok])) if ok else None,
+          "recovery_method": strategy if not actions else f"{strategy} ({', '.join(actions)})"}
+    em = {"initial_errors": len(detected), "recovery_attempts": len(attempts),
+          "recovery_success": (len(bad) == 0) if detected else None,
+          "error_types": sorted({e.details().get("cause", "") for e in detected})}
+    return rm, em
+
+
+def _components(log: EventLog, plan) -> list[dict[str, Any]]:
+    out = []
+    for s in plan.shards:
+        ms = [e.value for e in log.events if e.kind == K.SHARD_COMPLETED and e.shard == s.index and e.value is not None]
+        out.append({"component": s.name, "shard": s.index,
+                    "execution_time_ms": float(np.mean(ms)) if ms else None, "memory_mb": round(s.weight_mb, 3)})
+    return out
+
+
+def _memory(log: EventLog, plan, baseline_mb: float) -> tuple[float, str]:
+    sampled: dict[str, float] = {}
+    for e in log.events:
+        if e.kind == K.MEMORY_SAMPLED and e.browser and e.value is not None:
+            sampled[e.browser] = max(sampled.get(e.browser, 0.0), e.value)
+    if sampled:
+        return sum(sampled.values()), "measured (peak RSS per browser, summed)"
+    browsers = {e.browser for e in log.events if e.kind == K.BROWSER_READY}
+    loaded = [e for e in log.events if e.kind == K.SHARD_LOADED]
+    weights = sum(plan.shards[e.shard].weight_mb for e in loaded)
+    return baseline_mb * len(browsers) + weights, "modelled (baseline per browser + loaded shard weights)"
+
+
+def seed_result(log: EventLog, scenario, plan, settings, *, baseline_mb: float = 200.0,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The seed guide's result JSON (plus shardtwin's extras), from one run's events."""
+    lat = latency_summary(log)
+    strategy = str(settings.strategy)
+    rm, em = _recovery(log, strategy)
+    mem, mem_how = _memory(log, plan, baseline_mb)
+    specs = {s.index: s.specialization for s in plan.shards}
+    from events.scenario_file import scenario_hash
+    result = {
+        "model_name": scenario.model, "shard_count": scenario.shards, "shard_type": str(scenario.shard_type),
+        "model_type": str(plan.model_type),
+        "execution_time_ms": lat["latency_ms"]["mean"],
+        "memory_usage_mb": round(mem, 3),
+        "browser_allocation": _allocation(log, str(scenario.backend), specs),
+        "recovery_metrics": rm,
+        "component_metrics": _components(log, plan),
+        "error_metrics": em,
+        "test_parameters": {
+            "fault_tolerance_level": str(scenario.fault_tolerance_level), "recovery_strategy": strategy,
+            "test_timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "hardware_info": {"machine": platform.machine(), "python": platform.python_version(),
+                              "system": platform.system()},
+            "settings": settings.to_dict(),
+        },
+        "source": str(log.source), "run_id": log.run_id, "scenario_hash": scenario_hash(scenario),
+        "memory_usage_basis": mem_how,
+        "latency_ms": lat["latency_ms"], "throughput_rps": lat["throughput_rps"], "requests": lat["requests"],
+        "faults": fault_timeline(log),
+    }
+    if extra:
+        result.update(extra)
+    return json.loads(json.dumps(result, default=str))

@@ -1,0 +1,49 @@
+"""`shardtwin sim` (one scenario in the simulator) and `shardtwin sweep` (many)."""
+
+from __future__ import annotations
+
+import argparse
+
+from events.metrics import seed_result
+from events.store import host_info
+from experiments.flags import add_scenario_flags, scenario_from_args
+from experiments.runner import add_output_flags, emit_result, open_store
+from sim.profile import load_profile
+from sim.run import run_scenario
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sim", help="run one scenario in the simulator (predicted, source=sim)")
+    add_scenario_flags(p)
+    p.add_argument("--profile", metavar="FILE", help="calibration profile JSON (default: built-in, uncalibrated)")
+    add_output_flags(p)
+    p.set_defaults(func=cmd_sim)
+    from experiments.sweep import register as register_sweep
+    register_sweep(sub)
+
+
+def simulate_and_store(scenario, profile, db: str) -> dict:
+    """Run in the simulator, store the run (one transaction), return the result JSON."""
+    with open_store(db) as store:
+        run_id = store.begin_run("sim", scenario, profile.name, scenario.seed, host_info())
+        try:
+            run = run_scenario(scenario, profile, run_id=run_id)
+        except BaseException:
+            store.abort_run(run_id, reason="simulation error")
+            raise
+        res = seed_result(run.log, scenario, run.plan, run.coordinator.s,
+                          baseline_mb=min(b.baseline_mb for b in profile.browsers.values()),
+                          extra={"profile": {"name": profile.name, "version": profile.version,
+                                             "calibrated": profile.calibrated},
+                                 "weights": "none (simulated: analytic cost model)",
+                                 "sim_events": run.sim_events})
+        store.finish_run(run_id, run.log, res)
+    return res
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    scenario = scenario_from_args(args)
+    profile = load_profile(args.profile)
+    res = simulate_and_store(scenario, profile, args.db)
+    emit_result(args, res)
+    return 0

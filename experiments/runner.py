@@ -1,0 +1,84 @@
+"""Shared plumbing of run commands (sim, real, replay): store the run, write the result.
+
+Rules: a run is registered in the store before it starts (status running) and written
+with all its events in one transaction when it ends, or marked aborted with every event
+so far (Ctrl-C, error). The result JSON goes to --out (atomically: temp file + rename)
+and to the run's row in DuckDB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from events.store import DEFAULT_DB_PATH, Store
+from shardtwin.errors import InputError
+
+
+def add_output_flags(p) -> None:
+    p.add_argument("--db", default=str(DEFAULT_DB_PATH), metavar="PATH", help="DuckDB file (default %(default)s)")
+    p.add_argument("--out", metavar="FILE", help="write the result JSON here")
+    p.add_argument("--json", action="store_true", help="print the result JSON instead of a summary")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create {p.parent}: {exc.strerror}") from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=str(p.parent or Path(".")))
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+        os.replace(tmp, p)
+    except OSError as exc:
+        raise InputError(f"cannot write {p}: {exc.strerror}") from None
+    return p
+
+
+def summary_lines(res: dict[str, Any]) -> list[str]:
+    lat = res.get("latency_ms") or {}
+    req = res.get("requests") or {}
+    rm = res.get("recovery_metrics") or {}
+
+    def f(v: Any, unit: str = "") -> str:
+        return "n/a" if v is None else (f"{v:.1f}{unit}" if isinstance(v, float) else f"{v}{unit}")
+    lines = [
+        f"[{res.get('source')}] {res.get('model_name')} x{res.get('shard_count')} {res.get('shard_type')} "
+        f"run {res.get('run_id')}",
+        f"  requests: {req.get('submitted')} submitted, {req.get('completed')} completed, "
+        f"{req.get('failed')} failed {req.get('failed_reasons') or ''}, {req.get('lost')} lost",
+        f"  latency: mean {f(lat.get('mean'), ' ms')}, p50 {f(lat.get('p50'), ' ms')}, "
+        f"p95 {f(lat.get('p95'), ' ms')}, p99 {f(lat.get('p99'), ' ms')}; throughput {f(res.get('throughput_rps'), ' req/s')}",
+        f"  recovery: {rm.get('failures_detected')} failures detected, success rate {f(rm.get('recovery_success_rate'))}, "
+        f"mean recovery {f(rm.get('recovery_time_ms'), ' ms')}, method {rm.get('recovery_method')}",
+        f"  memory: {f(res.get('memory_usage_mb'), ' MB')} ({res.get('memory_usage_basis')})",
+    ]
+    for fl in res.get("faults") or []:
+        lines.append(f"  fault {fl['fault']} on {fl['browser']} at {fl['injected_ms']:.0f} ms: detected after "
+                     f"{f(fl['detection_ms'], ' ms')} ({fl['cause']}), recovered={fl['recovered']} "
+                     f"in {f(fl['recovery_ms'], ' ms')} via {fl['action']}")
+    return lines
+
+
+def emit_result(args, res: dict[str, Any]) -> None:
+    if getattr(args, "out", None):
+        write_json_atomic(args.out, res)
+    if getattr(args, "quiet", False):
+        return
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(res, indent=2) + "\n")
+    else:
+        sys.stdout.write("\n".join(summary_lines(res)) + "\n")
+
+
+def open_store(path: str) -> Store:
+    return Store(path)

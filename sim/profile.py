@@ -1,0 +1,154 @@
+"""Calibration profiles: every parameter of the simulated world, in one versioned file.
+
+Rules: frozen dataclasses; unknown fields are rejected; `DEFAULT_PROFILE` is built
+from the figures measured on this machine class (DESIGN.md "Real executor") and is
+labelled `calibrated: false` until `shardtwin calibrate` replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from shardtwin.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class BackendRate:
+    matmul_gflops: float          # dense GEMM rate at full speed of `threads` cores
+    attention_gflops: float       # QK^T / AV batched small matmuls + softmax
+    elementwise_gflops: float     # norms, activations, adds (memory bound)
+    conv_gflops: float
+    threads: float = 1.0          # host cores one run occupies
+    run_overhead_ms: float = 1.0  # per shard run: tensor creation, dispatch, session.run entry
+    readback_ms: float = 0.0      # per run: GPU -> CPU readback (webgpu)
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserProfile:
+    launch_ms: float              # process start to first WebSocket message
+    launch_sd_ms: float
+    baseline_mb: float            # page with runtime loaded, no shards
+    memory_budget_mb: float       # beyond this the page dies (OOM)
+    close_notice_ms: float        # socket close observed after a crash / disconnect
+    exit_notice_ms: float         # process exit observed after a crash
+    backends: Mapping[str, BackendRate] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    version: int
+    calibrated: bool
+    notes: str
+    host_cores: float
+    link_latency_ms: float        # one hop, coordinator <-> page
+    link_mb_per_s: float          # WebSocket binary frames on loopback
+    fetch_ms_per_mb: float        # shard file fetch into the page
+    session_create_ms: float      # ORT InferenceSession, fixed part
+    session_create_ms_per_mb: float
+    heartbeat_extra_ms: float     # median extra delay of a heartbeat beyond its interval
+    heartbeat_sigma: float        # lognormal sigma of that extra delay
+    compute_cv: float             # coefficient of variation of one shard run's compute time
+    pressure_fraction: Mapping[str, float]   # memory_pressure level -> fraction of the budget allocated
+    pressure_slowdown: Mapping[str, float]   # level -> compute slowdown while under pressure
+    browsers: Mapping[str, BrowserProfile]
+
+    def rate(self, kind: str, backend: str) -> BackendRate:
+        try:
+            bp = self.browsers[kind]
+        except KeyError:
+            raise ConfigError(f"profile {self.name!r} has no browser {kind!r}; it has {', '.join(sorted(self.browsers))}") from None
+        if backend not in bp.backends:
+            backend = "wasm"   # the worker falls back to wasm when a backend is unavailable
+        return bp.backends[backend]
+
+    def gflops(self, kind: str, backend: str) -> float:
+        return self.rate(str(kind), str(backend)).matmul_gflops
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+
+def _strict(cls, data: Mapping[str, Any], where: str):
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"profile {where}: expected an object, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    extra = sorted(set(data) - names)
+    if extra:
+        raise ConfigError(f"profile {where}: unknown field(s) {', '.join(extra)}; accepted: {', '.join(sorted(names))}")
+    missing = sorted(n for n in names if n not in data and cls.__dataclass_fields__[n].default is not None
+                     and cls.__dataclass_fields__[n].default.__class__.__name__ == "_MISSING_TYPE"
+                     and cls.__dataclass_fields__[n].default_factory.__class__.__name__ == "_MISSING_TYPE")
+    if missing:
+        raise ConfigError(f"profile {where}: missing field(s) {', '.join(missing)}")
+    return data
+
+
+def profile_from_dict(d: Mapping[str, Any]) -> Profile:
+    d = dict(_strict(Profile, d, "top level"))
+    browsers = {}
+    for k, bd in dict(d["browsers"]).items():
+        bd = dict(_strict(BrowserProfile, bd, f"browsers.{k}"))
+        bd["backends"] = {bk: BackendRate(**_strict(BackendRate, bv, f"browsers.{k}.backends.{bk}"))
+                          for bk, bv in dict(bd.get("backends", {})).items()}
+        browsers[k] = BrowserProfile(**bd)
+    d["browsers"] = browsers
+    try:
+        return Profile(**d)
+    except TypeError as exc:
+        raise ConfigError(f"profile: {exc}") from None
+
+
+def load_profile(path: str | Path | None) -> Profile:
+    if path is None:
+        return DEFAULT_PROFILE
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read profile {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"profile {path} is not JSON: {exc.msg} at line {exc.lineno}") from None
+    return profile_from_dict(data)
+
+
+def _wasm(gf: float) -> BackendRate:
+    return BackendRate(matmul_gflops=gf, attention_gflops=gf * 0.45, elementwise_gflops=2.0,
+                       conv_gflops=gf * 0.6, threads=1.0, run_overhead_ms=1.5)
+
+
+def _browser(launch_ms: float, webgpu: BackendRate, webnn: BackendRate | None = None) -> BrowserProfile:
+    backends = {"wasm": _wasm(35.0), "webgpu": webgpu}
+    if webnn is not None:
+        backends["webnn"] = webnn
+    return BrowserProfile(launch_ms=launch_ms, launch_sd_ms=launch_ms * 0.1, baseline_mb=200.0,
+                          memory_budget_mb=4096.0, close_notice_ms=20.0, exit_notice_ms=20.0, backends=backends)
+
+
+# Figures from DESIGN.md (measured on a 2-core, no-GPU machine): WASM 1 thread ~35 GFLOPS on a
+# 128x768 @ 768x3072 matmul; WebGPU ~0.9 GFLOPS Chromium/SwiftShader, ~6 Firefox/lavapipe with
+# ~100 ms readback; launch to first message Chromium ~0.3 s, Firefox ~1.1 s; ~200 MiB per browser;
+# SIGKILL observed in ~20 ms; 128x384 fp32 WebSocket round trip 1-3 ms. The rest are estimates.
+DEFAULT_PROFILE = Profile(
+    name="default-uncalibrated", version=1, calibrated=False,
+    notes="from DESIGN.md measured figures; attention/elementwise rates, session-create and heartbeat "
+          "jitter are estimates until `shardtwin calibrate` fits them",
+    host_cores=2.0, link_latency_ms=0.5, link_mb_per_s=200.0, fetch_ms_per_mb=1.5,
+    session_create_ms=40.0, session_create_ms_per_mb=2.0,
+    heartbeat_extra_ms=2.0, heartbeat_sigma=1.0, compute_cv=0.03,
+    pressure_fraction={"low": 0.25, "medium": 0.5, "high": 0.97},
+    pressure_slowdown={"low": 1.05, "medium": 1.2, "high": 1.5},
+    browsers={
+        "chromium": _browser(300.0, BackendRate(0.9, 0.5, 0.5, 0.6, threads=2.0, run_overhead_ms=3.0)),
+        "firefox": _browser(1100.0, BackendRate(6.0, 3.0, 2.0, 4.0, threads=2.0, run_overhead_ms=3.0,
+                                                readback_ms=100.0)),
+        "edge": _browser(350.0, BackendRate(0.9, 0.5, 0.5, 0.6, threads=2.0, run_overhead_ms=3.0),
+                         webnn=BackendRate(40.0, 18.0, 3.0, 25.0, threads=1.0, run_overhead_ms=1.0)),
+        "safari": _browser(500.0, BackendRate(5.0, 2.5, 2.0, 3.0, threads=2.0, run_overhead_ms=3.0)),
+    },
+)

@@ -1,0 +1,318 @@
+"""The simulated world: pages (browsers) on a shared host, links, heartbeats, faults.
+
+Rules:
+- A thin driver: it carries out the coordinator's commands as SimPy events and feeds
+  back observations (events.records). It decides nothing; it may read coordinator state
+  only to aim a fault at "the browser holding shard k", as the real driver does.
+- Simulated time is in ms. Every stochastic source has its own seeded stream, spawned
+  from the run's SeedSequence in a fixed order (see STREAMS), so a run is a pure function
+  of (scenario, profile, seed).
+- Consequences are real in the model: a crash loses loaded shards and in-flight work; a
+  disconnect drops messages until reconnection; a hang stops heartbeats and progress;
+  slow and memory pressure stretch compute; memory beyond the budget kills the page.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import simpy
+
+from coordinator import commands as c
+from coordinator.core import Coordinator
+from events import records as r
+from events.schema import Event, EventKind
+from models.partition import ShardPlan
+from sim.host import Host
+from sim.profile import Profile
+
+STREAMS = ("launch", "heartbeat", "compute", "mtbf")
+
+
+@dataclass(slots=True)
+class Page:
+    id: str
+    kind: str
+    incarnation: int
+    alive: bool = False
+    connected: bool = False
+    hung: bool = False
+    slow: float = 1.0
+    pressure: str | None = None
+    loaded: set[int] = field(default_factory=set)
+    queue: deque = field(default_factory=deque)
+    job: int | None = None
+    job_run: Any = None
+    errors: list[int | None] = field(default_factory=list)   # shards whose next run throws (None: any)
+    link_epoch: int = 0
+
+
+class SimWorld:
+    def __init__(self, coordinator: Coordinator, base_plan: ShardPlan, plans: Callable[[int, int], ShardPlan],
+                 profile: Profile,
+                 backend: str, seed: int, inputs: list[Event], mtbf_s: float | None = None,
+                 time_limit_ms: float = 3_600_000.0) -> None:
+        self.env = simpy.Environment()
+        self.coord, self.plans, self.p, self.backend = coordinator, plans, profile, str(backend)
+        self.base_plan = base_plan
+        self.host = Host(self.env, profile.host_cores)
+        seqs = np.random.SeedSequence(seed).spawn(len(STREAMS))
+        self.rng = {name: np.random.default_rng(s) for name, s in zip(STREAMS, seqs)}
+        self.pages: dict[str, Page] = {}
+        self.timers: dict[Any, int] = {}
+        self.inputs, self.mtbf_s, self.time_limit_ms = inputs, mtbf_s, time_limit_ms
+        self.done = self.env.event()
+        self._inputs_scheduled = False
+        self.sim_events = 0
+
+    # --- plumbing ---------------------------------------------------------------
+
+    def at(self, delay: float, fn: Callable[[], None]) -> None:
+        ev = self.env.timeout(max(delay, 0.0))
+        ev.callbacks.append(lambda _e: fn())
+
+    def observe(self, rec_factory: Callable[[float], r.Record]) -> None:
+        if self.done.triggered:
+            return
+        self.sim_events += 1
+        self.execute(self.coord.handle(rec_factory(self.env.now), self.env.now))
+
+    def execute(self, cmds: list[c.Command]) -> None:
+        for cmd in cmds:
+            match cmd:
+                case c.LaunchBrowser():
+                    self._launch(cmd)
+                case c.KillBrowser(browser=b) | c.CloseBrowser(browser=b):
+                    self._kill(self.pages.get(b))
+                case c.LoadShard():
+                    self._load(cmd)
+                case c.RunShard():
+                    self._send_run(cmd)
+                case c.ArmTimer(key=k, at_ms=t):
+                    self._arm(k, t)
+                case c.CancelTimer(key=k):
+                    self.timers[k] = self.timers.get(k, 0) + 1
+                case c.FinishRun():
+                    if not self.done.triggered:
+                        self.done.succeed()
+        if not self._inputs_scheduled and self.coord.st.workload_started is not None:
+            self._schedule_inputs()
+
+    def _arm(self, key: Any, t: float) -> None:
+        gen = self.timers.get(key, 0) + 1
+        self.timers[key] = gen
+
+        def fire() -> None:
+            if self.timers.get(key) == gen and not self.done.triggered:
+                self.sim_events += 1
+                self.execute(self.coord.timer(key, self.env.now))
+        self.at(t - self.env.now, fire)
+
+    def hop_ms(self, nbytes: float) -> float:
+        return self.p.link_latency_ms + nbytes / (self.p.link_mb_per_s * 1e3)
+
+    # --- run --------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.execute(self.coord.start(self.env.now))
+        limit = self.env.timeout(self.time_limit_ms)
+        self.env.run(until=self.done | limit)
+        if not self.done.triggered:
+            self.coord.abort(self.env.now, "time_limit")
+        for page in self.pages.values():
+            if page.alive:
+                page.alive = False
+                self.coord.handle(r.BrowserClosed(self.env.now, browser=page.id), self.env.now)
+
+    def _schedule_inputs(self) -> None:
+        self._inputs_scheduled = True
+        t0 = self.env.now
+        for ev in self.inputs:
+            if ev.kind == EventKind.FAULT_SCHEDULED:
+                self.at(t0 + ev.t_ms - self.env.now, lambda ev=ev: self.inject(ev))
+            elif ev.kind in (EventKind.CLIENTS_SCHEDULED, EventKind.REQUEST_SCHEDULED, EventKind.WORKLOAD_DEADLINE):
+                rec = r.from_event(ev)
+                self.at(t0 + ev.t_ms - self.env.now,
+                        lambda rec=rec: self.observe(lambda now, rec=rec: _retime(rec, now)))
+        if self.mtbf_s:
+            for page in sorted(self.pages.values(), key=lambda p: p.id):
+                self._schedule_random_crash(page.id)
+
+    # --- browsers -----------------------------------------------------------------
+
+    def _launch(self, cmd: c.LaunchBrowser) -> None:
+        bp = self.p.browsers[cmd.kind]
+        page = Page(cmd.browser, cmd.kind, cmd.incarnation)
+        self.pages[cmd.browser] = page
+        ms = max(1.0, float(self.rng["launch"].normal(bp.launch_ms, bp.launch_sd_ms)))
+
+        def ready() -> None:
+            if self.pages.get(cmd.browser) is not page:
+                return
+            page.alive = page.connected = True
+            self.observe(lambda now: r.BrowserReady(now, browser=page.id, launch_ms=ms))
+            self._heartbeat_loop(page)
+        self.at(ms, ready)
+
+    def _kill(self, page: Page | None) -> None:
+        if page is None or not page.alive:
+            return
+        page.alive = page.connected = False
+        page.loaded.clear()
+        page.queue.clear()
+        if page.job is not None:
+            self.host.cancel(page.job)
+            page.job = None
+
+    def memory_mb(self, page: Page) -> float:
+        bp = self.p.browsers[page.kind]
+        used = bp.baseline_mb + sum(self.base_plan.shards[s].weight_mb for s in page.loaded)
+        if page.pressure:
+            used += self.p.pressure_fraction[page.pressure] * bp.memory_budget_mb
+        return used
+
+    def _crash(self, page: Page, reason: str) -> None:
+        if not page.alive:
+            return
+        self._kill(page)
+        bp = self.p.browsers[page.kind]
+        b = page.id
+        self.at(bp.close_notice_ms, lambda: self.observe(lambda now: r.ConnectionClosed(now, browser=b)))
+        self.at(bp.exit_notice_ms, lambda: self.observe(lambda now: r.BrowserExited(now, browser=b, reason=reason)))
+
+    def _heartbeat_loop(self, page: Page) -> None:
+        interval = self.coord.s.heartbeat_interval_ms
+        rng = self.rng["heartbeat"]
+
+        def beat() -> None:
+            if not page.alive or self.pages.get(page.id) is not page or self.done.triggered:
+                return
+            extra = float(rng.lognormal(math.log(self.p.heartbeat_extra_ms), self.p.heartbeat_sigma))
+            self.at(interval + extra, beat)
+            if page.hung or not page.connected:
+                return
+            epoch = page.link_epoch
+            self.at(self.p.link_latency_ms, lambda: self._deliver(page, epoch, lambda now: r.HeartbeatReceived(
+                now, browser=page.id)))
+        self.at(interval, beat)
+
+    def _deliver(self, page: Page, epoch: int, make: Callable[[float], r.Record]) -> None:
+        """A message from the page reaches the coordinator unless the link dropped meanwhile."""
+        if page.connected and page.link_epoch == epoch and self.pages.get(page.id) is page:
+            self.observe(make)
+
+    # --- shards -------------------------------------------------------------------
+
+    def _load(self, cmd: c.LoadShard) -> None:
+        page = self.pages.get(cmd.browser)
+        if page is None or not page.connected:
+            return
+        shard = self.base_plan.shards[cmd.shard]
+        if cmd.shard in page.loaded:
+            ms = 2 * self.p.link_latency_ms
+        else:
+            ms = (2 * self.p.link_latency_ms + shard.weight_mb * self.p.fetch_ms_per_mb
+                  + self.p.session_create_ms + shard.weight_mb * self.p.session_create_ms_per_mb)
+        epoch = page.link_epoch
+
+        def loaded() -> None:
+            if not page.alive:
+                return
+            page.loaded.add(cmd.shard)
+            if self.memory_mb(page) > self.p.browsers[page.kind].memory_budget_mb:
+                self._crash(page, "oom")
+                return
+            self._deliver(page, epoch, lambda now: r.ShardLoaded(now, shard=cmd.shard, browser=page.id, load_ms=ms))
+        self.at(ms, loaded)
+
+    def _send_run(self, cmd: c.RunShard) -> None:
+        page = self.pages.get(cmd.browser)
+        if page is None or not page.connected:
+            return
+        plan = self.plans(cmd.batch_size, cmd.seq_len)
+        nbytes = plan.shards[cmd.shard].input_bytes
+        epoch = page.link_epoch
+
+        def arrive() -> None:
+            if page.alive and page.connected and page.link_epoch == epoch:
+                page.queue.append(cmd)
+                self._next_job(page)
+        self.at(self.hop_ms(nbytes), arrive)
+
+    def compute_ms(self, page: Page, cmd: c.RunShard) -> float:
+        rate = self.p.rate(page.kind, self.backend)
+        spec = self.plans(cmd.batch_size, cmd.seq_len).shards[cmd.shard]
+        f = spec.flops_by_class
+        ms = (f.get("matmul", 0.0) / rate.matmul_gflops + f.get("attention", 0.0) / rate.attention_gflops
+              + f.get("elementwise", 0.0) / rate.elementwise_gflops + f.get("conv", 0.0) / rate.conv_gflops) / 1e6
+        ms = ms * page.slow + rate.run_overhead_ms + rate.readback_ms
+        if page.pressure:
+            ms *= self.p.pressure_slowdown[page.pressure]
+        if self.p.compute_cv > 0:
+            ms *= float(self.rng["compute"].lognormal(0.0, self.p.compute_cv))
+        return ms
+
+    def _next_job(self, page: Page) -> None:
+        if page.job is not None or not page.queue or not page.alive:
+            return
+        cmd = page.queue.popleft()
+        work = self.compute_ms(page, cmd)
+        threads = self.p.rate(page.kind, self.backend).threads
+        started = self.env.now
+        page.job_run = cmd
+        page.job = self.host.start(work, threads, lambda: self._job_done(page, cmd, started))
+        if page.hung:
+            self.host.pause(page.job, True)
+
+    def _job_done(self, page: Page, cmd: c.RunShard, started: float) -> None:
+        page.job = page.job_run = None
+        compute = self.env.now - started
+        epoch = page.link_epoch
+        if cmd.shard in page.errors or None in page.errors:
+            page.errors.remove(cmd.shard if cmd.shard in page.errors else None)
+            self.at(self.p.link_latency_ms, lambda: self._deliver(page, epoch, lambda now: r.ShardFailed(
+                now, request_id=cmd.request_id, shard=cmd.shard, browser=page.id, attempt=cmd.attempt,
+                reason="shard_error")))
+        else:
+            out = self.plans(cmd.batch_size, cmd.seq_len).shards[cmd.shard].output_bytes
+            self.at(self.hop_ms(out), lambda: self._deliver(page, epoch, lambda now: r.ShardCompleted(
+                now, request_id=cmd.request_id, shard=cmd.shard, browser=page.id, attempt=cmd.attempt,
+                compute_ms=compute)))
+        self._next_job(page)
+
+    # --- faults -------------------------------------------------------------------
+
+    def target(self, ev: Event) -> Page | None:
+        if ev.browser:
+            return self.pages.get(ev.browser)
+        if ev.shard is not None:
+            primary = self.coord.st.shards[ev.shard].primary
+            return self.pages.get(primary) if primary else None
+        return None
+
+    def inject(self, ev: Event) -> None:
+        from sim.faults import inject
+        if not self.done.triggered:
+            inject(self, ev)
+
+    def _schedule_random_crash(self, b: str) -> None:
+        delay = float(self.rng["mtbf"].exponential(self.mtbf_s * 1000.0))
+
+        def crash() -> None:
+            page = self.pages.get(b)
+            if page is not None and page.alive and not self.done.triggered:
+                self.observe(lambda now: r.FaultInjected(now, fault="browser_crash", browser=b,
+                                                         params=(("origin", "mtbf"),)))
+                self._crash(page, "crash")
+            if not self.done.triggered:
+                self._schedule_random_crash(b)
+        self.at(delay, crash)
+
+
+def _retime(rec: r.Record, now: float) -> r.Record:
+    import dataclasses
+    return dataclasses.replace(rec, t_ms=now)
