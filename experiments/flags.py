@@ -36,6 +36,13 @@ def _names(enum: Any) -> list[str]:
 
 def add_scenario_flags(parser: argparse.ArgumentParser) -> None:
     """Add the shared scenario flags (see module rules) to `parser`."""
+    _scenario_group(parser)
+    _tolerance_group(parser)
+    _fault_group(parser)
+    _workload_group(parser)
+
+
+def _scenario_group(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("scenario")
     g.add_argument("--scenario", metavar="FILE", help="YAML/JSON scenario file; explicit flags override it")
     g.add_argument("--model", help="model name or alias (see `shardtwin models`)")
@@ -50,6 +57,8 @@ def add_scenario_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--name", help="scenario name")
     g.add_argument("--mtbf", type=float, metavar="SECONDS", help="random browser crashes, mean time between failures")
 
+
+def _tolerance_group(parser: argparse.ArgumentParser) -> None:
     ft = parser.add_argument_group("fault tolerance")
     ft.add_argument("--fault-tolerance", action="store_true", default=None,
                     help="enable fault tolerance (level medium unless --fault-tolerance-level)")
@@ -66,6 +75,8 @@ def add_scenario_flags(parser: argparse.ArgumentParser) -> None:
     ft.add_argument("--max-retries", type=int)
     ft.add_argument("--backoff", type=float, metavar="SECONDS", help="retry backoff")
 
+
+def _fault_group(parser: argparse.ArgumentParser) -> None:
     f = parser.add_argument_group("faults (all fire --fault-at seconds after the workload starts)")
     f.add_argument("--fault-at", type=float, metavar="SECONDS", help=f"default {DEFAULT_FAULT_AT_S:g}")
     f.add_argument("--fail-shard", type=int, metavar="K", help="shard K's compute throws (shard_error)")
@@ -84,6 +95,8 @@ def add_scenario_flags(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--interval", type=float, metavar="SECONDS", help="between cascade crashes (default 5)")
     f.add_argument("--cascade-count", type=int, help="crashes in the cascade (default: to the last shard)")
 
+
+def _workload_group(parser: argparse.ArgumentParser) -> None:
     w = parser.add_argument_group("workload")
     w.add_argument("--iterations", type=int, help="sequential requests (default 10)")
     w.add_argument("--concurrent-requests", type=int, metavar="N", help="closed loop: N clients")
