@@ -93,28 +93,31 @@ def _bert_embeddings(st: ShardState) -> None:
     st.set("hidden", g.layer_norm(x, "embeddings.norm", st.arch.layer_norm_eps))
 
 
-def _dims(st: ShardState) -> tuple[int, int, int, int]:
-    return st.batch, st.seq, st.arch.hidden_size, st.arch.num_heads
+def _dims(st: ShardState, seq: int | None = None) -> tuple[int, int, int, int]:
+    return st.batch, seq or st.seq, st.arch.hidden_size, st.arch.num_heads
 
 
-def emit_attention(st: ShardState, unit: str, bias: str | None) -> None:
-    """Self-attention + residual; post-LN (BERT) or pre-LN (ViT, Whisper, CLIP)."""
-    g, x, eps = st.g, st.get("hidden"), st.arch.layer_norm_eps
+def emit_attention(st: ShardState, unit: str, bias: str | None, tensor: str = "hidden",
+                   seq: int | None = None, kv: str | None = None, kv_seq: int | None = None) -> None:
+    """(Self- or cross-)attention + residual on logical tensor `tensor`; post-LN (BERT) or
+    pre-LN (ViT, Whisper, CLIP). kv: logical tensor holding keys/values (cross-attention)."""
+    g, x, eps = st.g, st.get(tensor), st.arch.layer_norm_eps
+    src = st.get(kv) if kv else None
     if st.arch.norm_style == "pre":
-        a = g.attention(g.layer_norm(x, f"{unit}.norm", eps), unit, _dims(st), bias)
-        st.set("hidden", g.op("Add", [x, a], f"{unit}.residual"))
+        a = g.attention(g.layer_norm(x, f"{unit}.norm", eps), unit, _dims(st, seq), bias, src, kv_seq)
+        st.set(tensor, g.op("Add", [x, a], f"{unit}.residual"))
     else:
-        a = g.attention(x, unit, _dims(st), bias)
-        st.set("hidden", g.layer_norm(g.op("Add", [x, a], f"{unit}.residual"), f"{unit}.norm", eps))
+        a = g.attention(x, unit, _dims(st, seq), bias, src, kv_seq)
+        st.set(tensor, g.layer_norm(g.op("Add", [x, a], f"{unit}.residual"), f"{unit}.norm", eps))
 
 
-def emit_feedforward(st: ShardState, unit: str) -> None:
-    g, x, eps, act = st.g, st.get("hidden"), st.arch.layer_norm_eps, st.arch.activation
+def emit_feedforward(st: ShardState, unit: str, tensor: str = "hidden") -> None:
+    g, x, eps, act = st.g, st.get(tensor), st.arch.layer_norm_eps, st.arch.activation
     pre = st.arch.norm_style == "pre"
     h = g.layer_norm(x, f"{unit}.norm", eps) if pre else x
     h = g.linear(g.activation(g.linear(h, f"{unit}.intermediate"), act), f"{unit}.output")
     y = g.op("Add", [x, h], f"{unit}.residual")
-    st.set("hidden", y if pre else g.layer_norm(y, f"{unit}.norm", eps))
+    st.set(tensor, y if pre else g.layer_norm(y, f"{unit}.norm", eps))
 
 
 def _bert_emit(st: ShardState, unit: str) -> None:

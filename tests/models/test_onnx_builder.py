@@ -143,3 +143,22 @@ def test_tiny_synthetic_sharded_equals_full_and_numpy(name):
     for key in full:
         _assert_close(got[key], full[key])
         _assert_close(full[key], ref[key])
+
+
+def test_whisper_micro_sharded_equals_full():
+    """Encoder-decoder boundaries: encoder_hidden travels with hidden through decoder shards."""
+    arch = with_overrides(get_model("whisper-tiny"), name="whisper-micro", hidden_size=32, num_heads=4,
+                          intermediate_size=64, vocab_size=60, max_positions=16, num_mel_bins=8,
+                          max_source_positions=20, encoder_layers=2, decoder_layers=2, num_layers=4)
+    weights = load_weights(arch, seed=2)
+    rng = np.random.default_rng(0)
+    feeds = {"input_features": rng.standard_normal((2, 8, 40)).astype(np.float32),
+             "decoder_input_ids": rng.integers(0, 60, (2, 6))}
+    full = run_shards_locally([build_full_model(arch, weights, 2, 6)], feeds)
+    assert full["logits"].shape == (2, 6, 60)
+    units = model_units(arch)
+    for sizes in ((3, 3, 9), (1, 5, 4, 5), (7, 2, 6)):
+        shards = [build_shard_model(arch, u, weights, 2, 6) for u in _split(units, sizes)]
+        got = run_shards_locally(shards, feeds)
+        for key in full:
+            _assert_close(got[key], full[key])
