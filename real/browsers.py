@@ -91,14 +91,15 @@ class BrowserHandle:
     _context: Any = field(default=None, repr=False)
     _cdp: Any = field(default=None, repr=False)
     _watch: asyncio.Task | None = field(default=None, repr=False)
+    _pgid: int | None = field(default=None, repr=False)
 
     @property
     def pgid(self) -> int | None:
-        try:
-            pgid = os.getpgid(self.pid)
-        except ProcessLookupError:
-            return None
-        return None if pgid == os.getpgrp() else pgid  # never signal our own group
+        """The browser's process group, remembered at launch (it outlives the main process)."""
+        if self._pgid is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._pgid = os.getpgid(self.pid)
+        return None if self._pgid in (None, os.getpgrp()) else self._pgid  # never our own group
 
     def pids(self) -> list[int]:
         """Every live process of this browser: its process group plus all descendants."""
@@ -208,8 +209,10 @@ def kill_all_live() -> None:
 atexit.register(kill_all_live)
 
 
-def leftover_browser_pids(prefix: str = MARKER_PREFIX) -> list[int]:
-    """Processes whose command line mentions a shardtwin profile dir (should be none at rest)."""
+def leftover_browser_pids(prefix: str | None = None) -> list[int]:
+    """Processes whose command line mentions a shardtwin profile dir (should be none at rest).
+    prefix defaults to the current MARKER_PREFIX (tests narrow it to their own session)."""
+    prefix = prefix or MARKER_PREFIX
     found = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         with contextlib.suppress(psutil.Error):
@@ -303,6 +306,7 @@ async def launch_browser(kind: str, url: str, headed: bool = False, *, browser_i
         _forget(h)
         shutil.rmtree(profile, ignore_errors=True)
         raise
+    _ = h.pgid  # remember the group while the leader is surely alive
     h._watch = asyncio.create_task(h._watch_exit())
     return h
 

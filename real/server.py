@@ -263,10 +263,10 @@ class WorkerServer:
         app = web.Application()
         app.on_response_prepare.append(self._add_headers)
         app.router.add_get("/ws", self._ws_handler)
-        app.router.add_get("/worker.html", lambda r: self._file(WEB_DIR / "worker.html"))
-        app.router.add_get("/worker.js", lambda r: self._file(WEB_DIR / "worker.js"))
-        app.router.add_get("/ort/{name}", lambda r: self._named(ORT_DIST, r.match_info["name"], STATIC_NAME))
-        app.router.add_get("/shards/{name}", lambda r: self._named(self.shard_dir, r.match_info["name"], SHARD_NAME))
+        app.router.add_get("/worker.html", self._page)
+        app.router.add_get("/worker.js", self._page)
+        app.router.add_get("/ort/{name}", self._ort)
+        app.router.add_get("/shards/{name}", self._shard)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         try:
             await self._runner.setup()
@@ -299,6 +299,15 @@ class WorkerServer:
         response.headers.update(ISOLATION_HEADERS)
         if request.path == "/worker.html":
             response.headers["Content-Security-Policy"] = PAGE_CSP
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        return self._file(WEB_DIR / request.path.lstrip("/"))
+
+    async def _ort(self, request: web.Request) -> web.StreamResponse:
+        return self._named(ORT_DIST, request.match_info["name"], STATIC_NAME)
+
+    async def _shard(self, request: web.Request) -> web.StreamResponse:
+        return self._named(self.shard_dir, request.match_info["name"], SHARD_NAME)
 
     @staticmethod
     def _file(path: Path) -> web.StreamResponse:
