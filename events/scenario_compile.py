@@ -25,7 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from events.schema import Event, EventKind, canonical_json, numbered
-from events.scenario import FaultSpec, Scenario
+from events.scenario_types import FaultSpec, Scenario
 from events.scenario_file import fault_to_dict, parse_scenario, scenario_hash, scenario_to_dict
 from shardtwin.errors import InputError, ScenarioError
 from shardtwin.vocab import FailureType, WorkloadKind

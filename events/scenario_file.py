@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from events.schema import canonical_json
-from events.scenario import FaultSpec, Scenario, Tolerance, Workload
+from events.scenario_types import FaultSpec, Scenario, Tolerance, Workload
 from shardtwin.errors import InputError, ScenarioError
 from shardtwin.vocab import FailureType, WorkloadKind
 
