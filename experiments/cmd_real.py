@@ -1,0 +1,145 @@
+"""`shardtwin real` (a scenario in real browsers), `shardtwin replay`, `shardtwin infer`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from events.metrics import seed_result
+from events.store import host_info
+from experiments.flags import add_scenario_flags, scenario_from_args
+from experiments.runner import add_output_flags, emit_result, open_store
+from shardtwin.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("real", help="run one scenario in real headless browsers (source=real)")
+    add_scenario_flags(p)
+    _real_flags(p)
+    add_output_flags(p)
+    p.set_defaults(func=cmd_real)
+
+    rp = sub.add_parser("replay", help="rerun a stored run's scenario (or a scenario file) in sim, real or both")
+    rp.add_argument("target", metavar="RUN_ID|SCENARIO_FILE")
+    rp.add_argument("--mode", choices=["real", "sim", "both"], default="both")
+    rp.add_argument("--profile", metavar="FILE")
+    _real_flags(rp)
+    add_output_flags(rp)
+    rp.set_defaults(func=cmd_replay)
+
+    ip = sub.add_parser("infer", help="sentence embeddings computed by sharded browsers, checked against onnxruntime")
+    ip.add_argument("--model", default="all-MiniLM-L6-v2")
+    ip.add_argument("--text", action="append", required=True, help="a sentence (repeat for more)")
+    ip.add_argument("--shards", type=int, default=2)
+    ip.add_argument("--type", dest="shard_type", default="layer")
+    ip.add_argument("--browsers", default="chromium,firefox")
+    ip.add_argument("--backend", default="wasm")
+    ip.add_argument("--seq-len", type=int, default=32)
+    ip.add_argument("--json", action="store_true")
+    _real_flags(ip, backend=False)
+    ip.set_defaults(func=cmd_infer)
+
+
+def _real_flags(p: argparse.ArgumentParser, backend: bool = True) -> None:
+    p.add_argument("--headed", action="store_true", help="show the browser windows")
+    p.add_argument("--launcher", choices=["auto", "playwright", "process"], default="auto")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="whole-run limit")
+
+
+def real_and_store(scenario, db: str, headed=False, launcher="auto", timeout_s=600.0) -> dict:
+    from real.run import run_real
+    with open_store(db) as store:
+        run_id = store.begin_run("real", scenario, "real", scenario.seed, host_info())
+        holder: dict = {}
+        try:
+            run = run_real(scenario, run_id=run_id, headed=headed, launcher=launcher, timeout_s=timeout_s,
+                           on_log=lambda log: holder.setdefault("log", log))
+        except BaseException:
+            if "log" in holder:
+                store.abort_run(run_id, holder["log"], reason="interrupted or failed")
+            else:
+                store.abort_run(run_id, reason="failed before any event")
+            raise
+        res = seed_result(run.log, scenario, run.plan, run.coordinator.s,
+                          extra={"weights": run.shards.weights, "backend_requested": str(scenario.backend),
+                                 "aborted": run.aborted})
+        if run.aborted:
+            store.abort_run(run_id, run.log, reason=run.aborted)
+        else:
+            store.finish_run(run_id, run.log, res)
+    return res
+
+
+def cmd_real(args: argparse.Namespace) -> int:
+    scenario = scenario_from_args(args)
+    res = real_and_store(scenario, args.db, args.headed, args.launcher, args.timeout)
+    emit_result(args, res)
+    return 0 if res["requests"]["lost"] == 0 else 1
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from pathlib import Path
+    from events.scenario import load_scenario
+    if Path(args.target).is_file():
+        scenario = load_scenario(args.target)
+    else:
+        with open_store(args.db) as store:
+            scenario = store.load_scenario(store.run(args.target).scenario_hash)
+    results = []
+    if args.mode in ("sim", "both"):
+        from experiments.cmd_sim import simulate_and_store
+        from sim.profile import load_profile
+        results.append(simulate_and_store(scenario, load_profile(args.profile), args.db))
+    if args.mode in ("real", "both"):
+        results.append(real_and_store(scenario, args.db, args.headed, args.launcher, args.timeout))
+    for res in results:
+        emit_result(args, res)
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from events.scenario import parse_scenario
+    from models.reference import reference_embedding
+    from real.run import run_real
+    browsers = [b.strip() for b in args.browsers.split(",") if b.strip()]
+    scenario = parse_scenario({
+        "model": args.model, "shards": args.shards, "shard_type": args.shard_type, "browsers": browsers,
+        "backend": args.backend, "workload": {"kind": "iterations", "iterations": len(args.text),
+                                              "batch_size": 1, "seq_len": args.seq_len}})
+    from real import shards as shards_mod
+    shards_mod.SENTENCES_OVERRIDE = tuple(args.text)
+    run = run_real(scenario, headed=args.headed, launcher=args.launcher, timeout_s=args.timeout)
+    ref = reference_embedding(list(args.text), args.model, seq_len=args.seq_len)
+    out = []
+    for i, text in enumerate(args.text):
+        got = _embedding(run, i, args.seq_len)
+        if got is None:
+            raise InputError(f"request {i} ({text!r}) did not complete in the browsers; see the run's events")
+        want = np.asarray(ref[i], dtype=np.float64)
+        cos = float(np.dot(got, want) / (np.linalg.norm(got) * np.linalg.norm(want)))
+        out.append({"text": text, "embedding": [round(float(x), 7) for x in got], "cosine_vs_reference": cos,
+                    "max_abs_error": float(np.max(np.abs(got - want))), "weights": run.shards.weights,
+                    "browsers": browsers, "backend": args.backend})
+    if args.json:
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+    else:
+        for o in out:
+            sys.stdout.write(f"{o['text']!r}: dim {len(o['embedding'])}, cosine vs onnxruntime "
+                             f"{o['cosine_vs_reference']:.8f}, max abs err {o['max_abs_error']:.2e}\n")
+    return 0 if all(o["cosine_vs_reference"] >= 0.99999 for o in out) else 1
+
+
+def _embedding(run, q: int, seq_len: int) -> np.ndarray | None:
+    from models.tokenizer import load_tokenizer
+    outs = run.shards.results.get(q)
+    if not outs:
+        return None
+    last = outs[max(outs)]
+    hidden = np.asarray(last["hidden"], dtype=np.float64)[0]
+    text = run.shards.texts[q % len(run.shards.texts)]
+    mask = np.asarray(load_tokenizer().encode([text], seq_len).attention_mask, dtype=np.float64)[0]
+    emb = (hidden * mask[:, None]).sum(0) / max(mask.sum(), 1.0)
+    return emb / np.linalg.norm(emb)

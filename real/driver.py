@@ -1,0 +1,340 @@
+"""The real driver: the same coordinator, wall-clock time, real browsers doing real compute.
+
+Rules:
+- Thin: it turns coordinator commands into real IO (launch, SIGKILL, WebSocket loads and
+  runs, timers on the asyncio loop) and real happenings into observations. It decides
+  nothing; it reads coordinator state only to aim a fault at "the browser holding shard k".
+- Time is injected: `now()` = ms since the run started on the monotonic clock.
+- Observations about a browser come from the incarnation that is current: a socket or a
+  process that belonged to an incarnation we killed on command is never reported.
+- Every browser ends when the run ends (BrowserPool), also on error and Ctrl-C; the run's
+  events so far are returned for the store either way (RealRun.log, RealRun.aborted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coordinator import commands as c
+from coordinator.core import Coordinator
+from events import records as r
+from events.schema import Event, EventKind
+from real.browsers import BrowserHandle, BrowserPool
+from real.protocol import FaultApplied, Heartbeat
+from real.server import (MessageReceived, WorkerConnected, WorkerGoneError, WorkerRejected,
+                         WorkerReportedError, WorkerServer)
+from real.shards import ShardSet
+
+PRESSURE_MB = {"low": 256, "medium": 768, "high": 3072}
+
+
+@dataclass
+class _Browser:
+    handle: BrowserHandle | None = None
+    conn: Any = None
+    launched_at: float = 0.0
+    incarnation: int = 0
+    killed: bool = False
+
+
+@dataclass
+class RealDriver:
+    coord: Coordinator
+    shards: ShardSet
+    inputs: list[Event]
+    backend: str = "wasm"
+    headed: bool = False
+    launcher: str = "auto"
+    run_timeout_s: float = 600.0
+    sample_every_s: float = 1.0
+    browsers: dict[str, _Browser] = field(default_factory=dict)
+    outputs: dict[tuple[int, int], dict[str, np.ndarray]] = field(default_factory=dict)
+    timers: dict[Any, int] = field(default_factory=dict)
+    aborted: str | None = None
+
+    def now(self) -> float:
+        return (time.monotonic() - self._t0) * 1000.0
+
+    # --- main -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._t0 = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        self._done = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._inputs_scheduled = False
+        secret = secrets.token_urlsafe(24)
+        async with WorkerServer(self.shards.directory, secret,
+                                heartbeat_interval_ms=self.coord.s.heartbeat_interval_ms,
+                                on_event=self._server_event) as self.server:
+            async with BrowserPool(self.launcher) as self.pool:
+                try:
+                    self.execute(self.coord.start(self.now()))
+                    self._spawn(self._sample_memory())
+                    await asyncio.wait_for(self._done.wait(), self.run_timeout_s)
+                except asyncio.TimeoutError:
+                    self.aborted = "time_limit"
+                    self.execute(self.coord.abort(self.now(), "time_limit"))
+                except asyncio.CancelledError:
+                    self.aborted = "interrupted"
+                    self.coord.abort(self.now(), "interrupted")
+                    raise
+                finally:
+                    for t in list(self._tasks):
+                        t.cancel()
+                    for b, st in sorted(self.browsers.items()):
+                        if st.handle is not None and not st.killed and not st.handle.exited.is_set():
+                            self.coord.handle(r.BrowserClosed(self.now(), browser=b), self.now())
+                        st.killed = True
+
+    def _spawn(self, coro) -> None:
+        t = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    def observe(self, rec: r.Record) -> None:
+        if self._done.is_set():
+            self.coord.log.append(rec) if isinstance(rec, r.FaultInjected) else None
+            return
+        self.execute(self.coord.handle(rec, rec.t_ms))
+
+    def execute(self, cmds: list[c.Command]) -> None:
+        for cmd in cmds:
+            match cmd:
+                case c.LaunchBrowser():
+                    self._spawn(self._launch(cmd))
+                case c.KillBrowser(browser=b) | c.CloseBrowser(browser=b):
+                    self._kill(b)
+                case c.LoadShard():
+                    self._spawn(self._load(cmd))
+                case c.RunShard():
+                    self._spawn(self._run_shard(cmd))
+                case c.ArmTimer(key=k, at_ms=t):
+                    self._arm(k, t)
+                case c.CancelTimer(key=k):
+                    self.timers[k] = self.timers.get(k, 0) + 1
+                case c.FinishRun():
+                    self._done.set()
+        if not self._inputs_scheduled and self.coord.st.workload_started is not None:
+            self._schedule_inputs()
+
+    def _arm(self, key: Any, at_ms: float) -> None:
+        gen = self.timers.get(key, 0) + 1
+        self.timers[key] = gen
+
+        def fire() -> None:
+            if self.timers.get(key) == gen and not self._done.is_set():
+                self.execute(self.coord.timer(key, self.now()))
+        self._loop.call_later(max(0.0, (at_ms - self.now()) / 1000.0), fire)
+
+    def _schedule_inputs(self) -> None:
+        self._inputs_scheduled = True
+        t0 = self.now()
+        for ev in self.inputs:
+            delay = max(0.0, ev.t_ms / 1000.0)
+            if ev.kind == EventKind.FAULT_SCHEDULED:
+                self._loop.call_later(delay, lambda ev=ev: self._spawn(self._inject(ev)))
+            elif ev.kind in (EventKind.CLIENTS_SCHEDULED, EventKind.REQUEST_SCHEDULED, EventKind.WORKLOAD_DEADLINE):
+                rec = r.from_event(ev)
+                self._loop.call_later(delay, lambda rec=rec: self.observe(_retime(rec, self.now())))
+        del t0
+
+    # --- browsers ---------------------------------------------------------------------
+
+    async def _launch(self, cmd: c.LaunchBrowser) -> None:
+        st = self.browsers.setdefault(cmd.browser, _Browser())
+        st.incarnation, st.killed, st.conn, st.launched_at = cmd.incarnation, False, None, self.now()
+        try:
+            h = await self.pool.launch(cmd.kind, self.server.worker_url(cmd.browser), browser_id=cmd.browser,
+                                       headed=self.headed)
+        except Exception as exc:  # a browser that would not start is an exited browser
+            self.observe(r.BrowserExited(self.now(), browser=cmd.browser, reason=f"launch failed: {exc}"))
+            return
+        if st.incarnation != cmd.incarnation or st.killed:
+            h.kill()
+            return
+        st.handle = h
+        self._spawn(self._watch_process(cmd.browser, h))
+
+    async def _watch_process(self, b: str, h: BrowserHandle) -> None:
+        while not await h.wait_exited(3600.0):
+            pass
+        st = self.browsers.get(b)
+        if st is not None and st.handle is h and not st.killed:
+            self.observe(r.BrowserExited(self.now(), browser=b, reason="process exited"))
+
+    def _kill(self, b: str) -> None:
+        st = self.browsers.get(b)
+        if st is None:
+            return
+        st.killed = True
+        if st.handle is not None:
+            st.handle.kill()
+
+    def _server_event(self, ev: Any) -> None:
+        match ev:
+            case WorkerConnected(browser_id=b, conn=conn, capabilities=caps, reconnect=again):
+                st = self.browsers.get(b)
+                if st is None or st.killed:
+                    return
+                st.conn = conn
+                self._spawn(self._watch_socket(b, conn))
+                if again and self.coord.st.browsers[b].status != "launching":
+                    self.observe(r.ConnectionRestored(self.now(), browser=b, loaded=()))
+                else:
+                    pid = st.handle.pid if st.handle else 0
+                    self.observe(r.BrowserReady(self.now(), browser=b, launch_ms=self.now() - st.launched_at,
+                                                capabilities=tuple(sorted((k, _flat(v)) for k, v in caps.items()))))
+                    self.observe(r.ProcessObserved(self.now(), browser=b, pid=int(pid or 0),
+                                                   rss_mb=st.handle.rss_mb() if st.handle else 0.0))
+            case MessageReceived(browser_id=b, message=Heartbeat()):
+                if self._current(b):
+                    self.observe(r.HeartbeatReceived(self.now(), browser=b))
+            case MessageReceived(browser_id=b, message=FaultApplied(fault=f, held_mb=mb)):
+                if f == "memory_pressure" and self._current(b):
+                    self.observe(r.MemorySampled(self.now(), browser=b, mb=float(mb)))
+            case WorkerRejected(browser_id=b, reason=why):
+                self.observe(r.MessageRejected(self.now(), browser=b, reason=why))
+            case _:
+                pass
+
+    def _current(self, b: str) -> bool:
+        st = self.browsers.get(b)
+        return st is not None and not st.killed and st.conn is not None
+
+    async def _watch_socket(self, b: str, conn: Any) -> None:
+        await conn.closed.wait()
+        st = self.browsers.get(b)
+        if st is not None and st.conn is conn and not st.killed:
+            st.conn = None
+            self.observe(r.ConnectionClosed(self.now(), browser=b))
+
+    async def _sample_memory(self) -> None:
+        while True:
+            await asyncio.sleep(self.sample_every_s)
+            for b, st in sorted(self.browsers.items()):
+                if st.handle is not None and not st.killed and not st.handle.exited.is_set():
+                    try:
+                        mb = st.handle.pss_mb()
+                    except Exception:
+                        continue
+                    self.observe(r.MemorySampled(self.now(), browser=b, mb=mb))
+
+    # --- shards -------------------------------------------------------------------------
+
+    async def _load(self, cmd: c.LoadShard) -> None:
+        st = self.browsers.get(cmd.browser)
+        if st is None or st.conn is None:
+            return
+        conn = st.conn
+        f = self.shards.file(cmd.shard)
+        t = self.now()
+        try:
+            ok = await conn.load_shard(cmd.shard, self.server.shard_url(f.path.name), self.backend, timeout=300.0,
+                                       inputs=tuple(i.name for i in f.inputs),
+                                       outputs=tuple(o.name for o in f.outputs))
+        except WorkerGoneError:
+            return
+        except WorkerReportedError as exc:
+            self.observe(r.ShardLoadFailed(self.now(), shard=cmd.shard, browser=cmd.browser, reason=str(exc)))
+            return
+        except Exception as exc:
+            self.observe(r.ShardLoadFailed(self.now(), shard=cmd.shard, browser=cmd.browser, reason=str(exc)))
+            return
+        if ok.backend_used != ok.backend_requested:
+            self.observe(r.BackendFallback(self.now(), browser=cmd.browser, wanted=ok.backend_requested,
+                                           got=ok.backend_used, reason=ok.fallback_reason or ""))
+        self.observe(r.ShardLoaded(self.now(), shard=cmd.shard, browser=cmd.browser, load_ms=self.now() - t))
+
+    async def _run_shard(self, cmd: c.RunShard) -> None:
+        st = self.browsers.get(cmd.browser)
+        if st is None or st.conn is None:
+            return
+        conn = st.conn
+        feeds = self.shards.feeds(cmd.shard, cmd.request_id, {d: self.outputs[(cmd.request_id, d)]
+                                                              for d in cmd.inputs if (cmd.request_id, d) in self.outputs})
+        try:
+            frame = await conn.run(cmd.request_id, cmd.shard, cmd.attempt, feeds,
+                                   timeout=self.coord.s.request_timeout_ms / 1000.0)
+        except (WorkerGoneError, asyncio.TimeoutError):
+            return
+        except WorkerReportedError as exc:
+            self.observe(r.ShardFailed(self.now(), request_id=cmd.request_id, shard=cmd.shard, browser=cmd.browser,
+                                       attempt=cmd.attempt, reason=exc.report.kind))
+            return
+        except Exception:
+            return
+        self.outputs[(cmd.request_id, cmd.shard)] = dict(frame.tensors)
+        self.observe(r.ShardCompleted(self.now(), request_id=cmd.request_id, shard=cmd.shard, browser=cmd.browser,
+                                      attempt=cmd.attempt, compute_ms=float(frame.ms)))
+        if cmd.request_id not in self.coord.st.active:
+            self.shards.finished(cmd.request_id, {s: v for (q, s), v in self.outputs.items() if q == cmd.request_id})
+            for key in [k for k in self.outputs if k[0] == cmd.request_id]:
+                del self.outputs[key]
+
+    # --- faults -------------------------------------------------------------------------
+
+    def _target(self, ev: Event) -> str | None:
+        if ev.browser:
+            return ev.browser
+        if ev.shard is not None:
+            return self.coord.st.shards[ev.shard].primary
+        return None
+
+    async def _inject(self, ev: Event) -> None:
+        d = ev.details()
+        kind = str(d.get("type"))
+        b = self._target(ev)
+        st = self.browsers.get(b) if b else None
+        live = st is not None and not st.killed and st.handle is not None and not st.handle.exited.is_set()
+        params = tuple(sorted((k, v) for k, v in d.items()
+                              if k not in ("type", "at_ms", "shard", "browser") and v is not None))
+        self.observe(r.FaultInjected(self.now(), fault=kind, browser=b if live else None, shard=ev.shard,
+                                     params=params))
+        if not live:
+            return
+        try:
+            await self._apply_fault(kind, d, st, ev.shard)
+        except WorkerGoneError:
+            pass
+
+    async def _apply_fault(self, kind: str, d: dict, st: _Browser, shard: int | None) -> None:
+        conn = st.conn
+        dur = d.get("duration_ms")
+        if kind == "browser_crash":
+            st.handle.kill()       # real SIGKILL of the browser's process group; NOT marked as ours
+        elif kind == "disconnect" and conn is not None:
+            delay = d.get("reconnect_delay_ms")
+            await conn.send_inject("disconnect", delay_ms=float(delay) if delay is not None else 10 ** 9)
+        elif kind == "hang" and conn is not None:
+            await conn.send_inject("hang", ms=float(dur) if dur is not None else 10 ** 9)
+        elif kind == "memory_pressure" and conn is not None:
+            await conn.send_inject("memory_pressure", mb=PRESSURE_MB.get(str(d.get("level")), 768))
+        elif kind == "shard_error" and conn is not None:
+            await conn.send_inject("shard_error", shard=shard if shard is not None else 0, count=1)
+        elif kind == "slow":
+            factor = float(d.get("factor") or 4.0)
+            try:
+                await st.handle.set_cpu_throttle(factor)
+            except Exception:
+                if conn is not None:
+                    await conn.send_inject("slow", factor=factor)
+
+
+def _flat(v: Any) -> Any:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    import json
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def _retime(rec: r.Record, now: float) -> r.Record:
+    import dataclasses
+    return dataclasses.replace(rec, t_ms=now)

@@ -1,0 +1,51 @@
+"""Run one scenario for real: scenario -> exported shards -> browsers -> event log (source=real).
+
+Rules: the same coordinator configuration as the simulator (coordinator.config.build_config);
+the log holds the compiled input events first, then everything the run did. Whatever
+happens (error, Ctrl-C), every browser is ended and the events so far are returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+
+from coordinator.config import build_config
+from coordinator.core import Coordinator
+from events.records import RunStarted, to_event
+from events.scenario import Scenario
+from events.scenario_compile import compile_scenario
+from events.schema import EventLog, numbered
+from models.partition import ShardPlan, make_plan
+from real.driver import RealDriver
+from real.shards import ShardSet, prepare_shards
+from shardtwin.vocab import Source
+
+
+@dataclass
+class RealRun:
+    log: EventLog
+    plan: ShardPlan
+    coordinator: Coordinator
+    shards: ShardSet
+    aborted: str | None
+
+
+def run_real(s: Scenario, run_id: str | None = None, headed: bool = False, launcher: str = "auto",
+             timeout_s: float = 600.0, on_log=None) -> RealRun:
+    plan = make_plan(s.model, s.shards, s.shard_type, batch_size=s.workload.batch_size, seq_len=s.workload.seq_len)
+    shards = prepare_shards(plan, seed=s.seed)
+    coord = Coordinator(build_config(s, plan))
+    coord._commit(RunStarted(0.0, engine="real"))
+    inputs = list(compile_scenario(s))
+    driver = RealDriver(coord, shards, inputs, backend=str(s.backend), headed=headed, launcher=launcher,
+                        run_timeout_s=timeout_s)
+    run_id = run_id or uuid.uuid4().hex
+    try:
+        asyncio.run(driver.run())
+    finally:
+        log = EventLog(run_id, Source.REAL, numbered([*inputs, *(to_event(rec) for rec in coord.log)]))
+        if on_log is not None:
+            on_log(log)
+    return RealRun(log, plan, coord, shards, driver.aborted)

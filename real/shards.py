@@ -1,0 +1,99 @@
+"""The shard files of one real run and the tensors that flow between them.
+
+Rules: shard files are exported once per (model, units, shape, weights) and cached
+(models.onnx_export); a request's input tensors are deterministic in (seed, request id):
+real tokenised text for the BERT family (a fixed sentence list, cycled), seeded
+synthetic pixels / audio features otherwise. Outputs of finished requests are kept only
+for the correctness check (the first `keep` requests).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from models.onnx_builder import chain_feeds
+from models.onnx_export import ShardFile, export_plan_shards
+from models.partition import ShardPlan
+from models.weights import weights_source
+from shardtwin.errors import InputError, PlanError
+
+SENTENCES = (
+    "A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
+    "A man is riding a horse.", "A woman is playing violin.", "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.", "A monkey is playing drums.",
+)
+SENTENCES_OVERRIDE: tuple[str, ...] | None = None   # `shardtwin infer` sets the user's texts
+REAL_FAMILIES = ("bert", "roberta", "distilbert", "vit", "deit", "whisper")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SHARDTWIN_CACHE") or str(Path(__file__).resolve().parent.parent / ".cache" / "shardtwin")
+    return Path(root) / "shards"
+
+
+@dataclass
+class ShardSet:
+    plan: ShardPlan
+    files: list[ShardFile]
+    directory: Path
+    weights: str
+    texts: tuple[str, ...] = SENTENCES
+    seed: int = 0
+    keep: int = 64
+    results: dict[int, dict[int, dict[str, np.ndarray]]] = field(default_factory=dict)
+
+    def file(self, shard: int) -> ShardFile:
+        f = self.files[shard]
+        if not isinstance(f.path, Path):
+            object.__setattr__(f, "path", Path(f.path))
+        return f
+
+    def request_inputs(self, q: int) -> dict[str, np.ndarray]:
+        names = {i.name: i for f in self.files for i in f.inputs}
+        b, s = self.plan.batch_size, self.plan.seq_len
+        out: dict[str, np.ndarray] = {}
+        if "input_ids" in names:
+            from models.tokenizer import load_tokenizer
+            texts = [self.texts[(q * b + k) % len(self.texts)] for k in range(b)]
+            enc = load_tokenizer().encode(texts, s)
+            out.update({k: np.asarray(v, dtype=np.int64) for k, v in enc.feeds().items()})
+        rng = np.random.default_rng([self.seed, q])
+        for n, info in names.items():
+            if n in out or n.endswith("_in") or n == "attention_mask" and "input_ids" in out:
+                continue
+            if info.dtype == "float32":
+                out[n] = rng.standard_normal(info.shape).astype(np.float32)
+            elif n not in out:
+                out[n] = rng.integers(0, 1000, info.shape).astype(np.int64)
+        return out
+
+    def feeds(self, shard: int, q: int, deps: Mapping[int, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        merged: dict[str, np.ndarray] = {}
+        for d in sorted(deps):
+            merged.update(deps[d])
+        return chain_feeds(merged, self.request_inputs(q), [i.name for i in self.file(shard).inputs])
+
+    def finished(self, q: int, outputs: dict[int, dict[str, np.ndarray]]) -> None:
+        if len(self.results) < self.keep:
+            self.results[q] = outputs
+
+
+def prepare_shards(plan: ShardPlan, seed: int = 0) -> ShardSet:
+    from models.catalogue import get_model
+    arch = get_model(plan.model)
+    if arch.family not in REAL_FAMILIES:
+        raise InputError(f"real execution builds ONNX shards for the {', '.join(REAL_FAMILIES)} families; "
+                         f"{plan.model} ({arch.family}) runs in sim only (use shardtwin sim or --mode sim)")
+    out = cache_dir()
+    try:
+        files = export_plan_shards(plan.model, [list(s.units) for s in plan.shards], out,
+                                   batch_size=plan.batch_size, seq_len=plan.seq_len, seed=seed)
+    except PlanError:
+        raise
+    return ShardSet(plan, list(files), out, weights_source(arch, seed), seed=seed,
+                    texts=SENTENCES_OVERRIDE or SENTENCES)
