@@ -88,6 +88,12 @@ class RecoveryRules:
         if silence + 1e-9 < delay:
             self._cmd(c.ArmTimer(("hb", b), bs.last_heartbeat + delay))
             return
+        if bs.loading:
+            # Creating a shard session occupies the page's main thread for seconds (measured on
+            # 2 cores): silence while a load is outstanding is not a failure. The load itself
+            # ends in ShardLoaded, ShardLoadFailed or a closed connection.
+            self._cmd(c.ArmTimer(("hb", b), self._now + delay))
+            return
         self._commit(r.FailureSuspected(self._now, browser=b, detector=self.s.detector, silence_ms=silence))
         self._fail_browser(b, "heartbeat_timeout")
 

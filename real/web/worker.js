@@ -145,6 +145,13 @@ function createSession(bytes, backend) {
 
 async function loadShard(m) {
   const t0 = performance.now();
+  const kept = st.sessions.get(m.shard);
+  if (kept && kept.url === m.url && kept.backend === m.backend) {  // still in the page (e.g. after a reconnect)
+    send({ type: 'shard_loaded', shard: m.shard, ms: 0, fetch_ms: 0, create_ms: 0, bytes: 0,
+      backend_requested: m.backend, backend_used: kept.used, fallback_reason: kept.reason,
+      inputs: kept.session.inputNames, outputs: kept.outputs, wasm_threads: ort.env.wasm.numThreads ?? null });
+    return;
+  }
   try {
     const resp = await fetch(m.url);
     if (!resp.ok) throw new Error(`fetch ${m.url}: HTTP ${resp.status}`);
@@ -163,7 +170,7 @@ async function loadShard(m) {
     }
     await st.sessions.get(m.shard)?.session.release();
     const outputs = m.outputs.length ? m.outputs : session.outputNames;
-    st.sessions.set(m.shard, { session, outputs });
+    st.sessions.set(m.shard, { session, outputs, url: m.url, backend: m.backend, used, reason });
     send({ type: 'shard_loaded', shard: m.shard, ms: t2 - t0, fetch_ms: t1 - t0, create_ms: t2 - t1,
       bytes: bytes.length, backend_requested: m.backend, backend_used: used, fallback_reason: reason,
       inputs: session.inputNames, outputs, wasm_threads: ort.env.wasm.numThreads ?? null });
