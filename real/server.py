@@ -84,8 +84,9 @@ class MessageReceived:
 class WorkerDisconnected:
     t: float
     browser_id: str
-    code: int | None
+    code: int | None  # 1006: the socket just died (crash, kill); 4001: injected disconnect
     reason: str
+    conn: "WorkerConnection"  # which connection (a reconnect may already have replaced it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +223,7 @@ class WorkerServer:
     """
 
     def __init__(self, shard_dir: str | Path, secret: str, *, heartbeat_interval_ms: float = 250.0,
-                 max_msg_bytes: int = 64 << 20, hello_timeout_s: float = 15.0,
+                 max_msg_bytes: int = 64 << 20, hello_timeout_s: float = 15.0, close_timeout_s: float = 1.0,
                  on_event: Callable[[ServerEvent], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not secret:
@@ -232,6 +233,8 @@ class WorkerServer:
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.max_msg_bytes = max_msg_bytes
         self.hello_timeout_s = hello_timeout_s
+        self.close_timeout_s = close_timeout_s  # a hung page never answers a close frame
+        self._closers: set[asyncio.Task] = set()
         self.clock = clock
         self.events: asyncio.Queue[ServerEvent] = asyncio.Queue()
         self._on_event = on_event or self.events.put_nowait
@@ -278,8 +281,8 @@ class WorkerServer:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        for conn in list(self.connections.values()):
-            await conn.close(WSCloseCode.GOING_AWAY, "server stopping")
+        await asyncio.gather(*(c.close(WSCloseCode.GOING_AWAY, "server stopping")
+                               for c in list(self.connections.values())), return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -325,13 +328,15 @@ class WorkerServer:
 
     # --- WebSocket --------------------------------------------------------------------
     async def _ws_handler(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(compress=False, max_msg_size=self.max_msg_bytes)
+        ws = web.WebSocketResponse(compress=False, max_msg_size=self.max_msg_bytes, timeout=self.close_timeout_s)
         await ws.prepare(request)
         hello = await self._read_hello(ws, request.remote)
         if hello is None:
             return ws
-        if (old := self.connections.get(hello.id)) is not None:
-            await old.close(4000, "superseded by a new connection")
+        if (old := self.connections.get(hello.id)) is not None:  # close it without waiting on it
+            task = asyncio.create_task(old.close(4000, "superseded by a new connection"))
+            self._closers.add(task)
+            task.add_done_callback(self._closers.discard)
         conn = WorkerConnection(hello.id, hello.capabilities, self.clock(), ws)
         self.connections[hello.id] = conn
         reconnect = hello.id in self._seen
@@ -347,7 +352,7 @@ class WorkerServer:
             if self.connections.get(hello.id) is conn:
                 del self.connections[hello.id]
             reason = "" if ws.exception() is None else str(ws.exception())
-            self._on_event(WorkerDisconnected(self.clock(), hello.id, ws.close_code, reason))
+            self._on_event(WorkerDisconnected(self.clock(), hello.id, ws.close_code, reason, conn))
         return ws
 
     async def _read_hello(self, ws: web.WebSocketResponse, peer: str | None) -> Hello | None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from real.browsers import leftover_browser_pids
+from shardtwin.errors import RealRunError
 from real.protocol import FaultApplied, Heartbeat
 from real.server import MessageReceived, WorkerConnected, WorkerDisconnected, WorkerRejected, WorkerReportedError
 
@@ -60,6 +61,8 @@ def test_injected_shard_error_and_memory_pressure(tiny_model, session_factory, n
     async def body():
         async with session_factory("chromium", shard_dir) as (srv, handle, conn, rec):
             await conn.load_shard(0, srv.shard_url(name), "wasm")
+            with pytest.raises(RealRunError, match="Playwright"):
+                await handle.set_cpu_throttle(2.0)  # process-launched: no CDP session
             await conn.send_inject("shard_error", shard=0, count=1)
             with pytest.raises(WorkerReportedError) as info:
                 await conn.run(1, 0, 0, {"x": X})
@@ -82,6 +85,9 @@ def test_sigkill_is_observed_as_close_within_2s_and_leaves_no_process(tiny_model
 
     async def body():
         async with session_factory("chromium", tiny_model[0], launcher="auto") as (srv, handle, conn, rec):
+            if handle.launcher == "playwright":  # the `slow` fault's CDP path
+                await handle.set_cpu_throttle(2.0)
+                await handle.set_cpu_throttle(1.0)
             pids = handle.pids()
             t0 = time.monotonic()
             handle.kill()
@@ -153,3 +159,51 @@ def test_wrong_secret_is_rejected(tiny_model, session_factory, need):
     rejected, connected, conns = run(body())
     assert rejected.browser_id == "w0" and "secret" in rejected.reason
     assert connected == [] and conns == {}
+
+
+def test_page_stops_when_the_server_goes_away(tiny_model, session_factory, need):
+    need("chromium")
+
+    async def body():
+        async with session_factory("chromium", tiny_model[0]) as (srv, handle, conn, rec):
+            await srv.__aexit__(None, None, None)  # the coordinator side vanishes
+            exited = await handle.wait_exited(5)   # the page closed its window; the browser ended
+            return exited
+    assert run(body())
+
+
+ORPHAN_CHILD = """
+import asyncio, sys
+import real.browsers as b
+b.MARKER_PREFIX = sys.argv[3]
+from real.server import WorkerServer
+async def main():
+    async with WorkerServer(sys.argv[4], "s", on_event=lambda e: None) as srv, b.BrowserPool(launcher=sys.argv[2]) as pool:
+        h = await pool.launch(sys.argv[1], srv.worker_url("w1"), browser_id="w1")
+        await srv.wait_connected("w1", 30)
+        print(",".join(map(str, h.pids())), flush=True)
+        await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("launcher", ["process", "auto"])
+def test_browser_dies_when_shardtwin_is_kill_9d(launcher, tiny_model, need):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import real.browsers as browsers
+    need("chromium")
+    child = subprocess.Popen([sys.executable, "-c", ORPHAN_CHILD, "chromium", launcher, browsers.MARKER_PREFIX,
+                              str(tiny_model[0])], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        pids = [int(p) for p in child.stdout.readline().strip().split(",") if p]
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(pids) > 1 and [p for p in pids if _alive(p)] == []

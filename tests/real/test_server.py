@@ -150,3 +150,23 @@ def test_oversized_frame_closes_the_connection(tmp_path):
     code, events = run(body())
     assert code == 1009
     assert any(isinstance(e, WorkerRejected) for e in events) and isinstance(events[-1], WorkerDisconnected)
+
+
+def test_second_connection_with_same_id_supersedes_the_first(tmp_path):
+    async def body():
+        srv, events = await _serve(tmp_path)
+        async with srv, aiohttp.ClientSession() as http:
+            async with http.ws_connect(srv.base_url + "/ws") as ws1, http.ws_connect(srv.base_url + "/ws") as ws2:
+                await ws1.send_str(_hello(SECRET))
+                await ws1.receive()
+                first = await srv.wait_connected("w1", 5)
+                await ws2.send_str(_hello(SECRET))
+                await ws2.receive()
+                closing = await ws1.receive()
+                await asyncio.sleep(0.05)
+                return first, closing, srv.connections["w1"], events
+    first, closing, live, events = run(body())
+    assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 4000 and live is not first
+    connected = [e for e in events if isinstance(e, WorkerConnected)]
+    gone = [e for e in events if isinstance(e, WorkerDisconnected)]
+    assert [c.reconnect for c in connected] == [False, True] and gone[0].conn is first
