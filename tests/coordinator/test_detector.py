@@ -1,0 +1,95 @@
+"""Failure detectors (coordinator/detector.py): fixed timeout vs phi-accrual suspicion times."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from statistics import NormalDist
+
+import pytest
+
+from coordinator.detector import MIN_SAMPLES, gap_stats, phi, suspicion_delay
+from coordinator.settings import resolve
+from events import records as r
+from shardtwin.vocab import FaultToleranceLevel as L
+
+HIGH = resolve(L.HIGH)                       # phi, heartbeat 250 ms, bound 1500 ms, threshold 8
+FIXED = replace(HIGH, detector="fixed")
+Z8 = NormalDist().inv_cdf(1 - 1e-8)
+
+
+def test_fixed_is_the_timeout_whatever_the_history():
+    assert suspicion_delay([], FIXED) == 1500.0
+    assert suspicion_delay([250.0] * 50, FIXED) == 1500.0
+    assert suspicion_delay([10.0, 5000.0, 3.0], FIXED) == 1500.0
+
+
+def test_phi_without_history_uses_the_interval():
+    assert gap_stats([250.0] * (MIN_SAMPLES - 1), 250.0) == (250.0, 62.5)
+    assert suspicion_delay([], HIGH) == pytest.approx(250.0 + Z8 * 62.5)
+
+
+def test_phi_regular_heartbeats_suspect_early():
+    d = suspicion_delay([250.0] * 20, HIGH)
+    assert d == pytest.approx(250.0 + Z8 * 25.0)            # std floored at mean / 10
+    assert 250.0 < d < suspicion_delay([], HIGH) < FIXED.detector_timeout_ms
+    assert phi(d, [250.0] * 20, 250.0) == pytest.approx(8.0, rel=1e-6)
+
+
+def test_phi_jitter_delays_suspicion_and_the_timeout_bounds_it():
+    jittery = [150.0, 350.0] * 10
+    mean, std = gap_stats(jittery, 250.0)
+    assert mean == pytest.approx(250.0)
+    assert suspicion_delay(jittery, HIGH) == pytest.approx(250.0 + Z8 * std)
+    assert suspicion_delay([250.0] * 20, HIGH) < suspicion_delay(jittery, HIGH)
+    assert suspicion_delay([10.0, 900.0] * 10, HIGH) == HIGH.detector_timeout_ms
+    # a lower threshold suspects sooner
+    assert suspicion_delay(jittery, replace(HIGH, phi_threshold=3.0)) < suspicion_delay(jittery, HIGH)
+
+
+def test_phi_is_monotone_in_silence():
+    gaps = [240.0, 260.0, 250.0, 255.0]
+    values = [phi(t, gaps, 250.0) for t in (0.0, 200.0, 250.0, 300.0, 400.0)]
+    assert values == sorted(values) and values[0] < 0.01
+
+
+def _suspected_after_hang(fake, cfg_for, settings, hb_gap=None):
+    drv = fake(cfg_for(replace(settings, strategy="failover")), hb_gap=hb_gap)
+    drv.clients(concurrency=1, deadline_ms=6000.0).hang(2000.0, "firefox-1")
+    drv.run()
+    sus = [x for x in drv.records(r.FailureSuspected) if x.browser == "firefox-1"]
+    assert len(sus) == 1
+    ready = next(x.t_ms for x in drv.records(r.BrowserReady) if x.browser == "firefox-1")
+    beats = [ready] + [x.t_ms for x in drv.records(r.HeartbeatReceived)
+                       if x.browser == "firefox-1" and x.t_ms <= sus[0].t_ms]
+    assert sus[0].t_ms - beats[-1] == pytest.approx(sus[0].silence_ms)
+    return sus[0], beats
+
+
+@pytest.mark.parametrize("detector", ["fixed", "phi"])
+def test_hang_is_suspected_at_the_detector_time(fake, cfg_for, detector):
+    s = HIGH if detector == "phi" else FIXED
+    sus, beats = _suspected_after_hang(fake, cfg_for, s)
+    assert sus.detector == detector
+    expected = 1500.0 if detector == "fixed" else 250.0 + Z8 * 25.0
+    assert sus.silence_ms == pytest.approx(expected)
+
+
+def test_phi_detects_regular_heartbeats_faster_than_fixed(fake, cfg_for):
+    phi_sus, _ = _suspected_after_hang(fake, cfg_for, HIGH)
+    fixed_sus, _ = _suspected_after_hang(fake, cfg_for, FIXED)
+    assert phi_sus.t_ms < fixed_sus.t_ms
+    assert fixed_sus.t_ms - phi_sus.t_ms == pytest.approx(1500.0 - (250.0 + Z8 * 25.0))
+
+
+def test_phi_with_jittery_heartbeats_waits_longer_but_not_past_the_bound(fake, cfg_for):
+    jitter = lambda b, n: 150.0 if n % 2 else 350.0   # noqa: E731
+    sus, beats = _suspected_after_hang(fake, cfg_for, HIGH, hb_gap=jitter)
+    gaps = [b - a for a, b in zip(beats, beats[1:])]
+    assert sus.silence_ms == pytest.approx(suspicion_delay(gaps[-100:], HIGH))
+    assert 250.0 + Z8 * 25.0 < sus.silence_ms <= HIGH.detector_timeout_ms
+
+
+def test_no_false_suspicion_with_steady_heartbeats(fake, cfg_for):
+    drv = fake(cfg_for(HIGH)).clients(concurrency=2, deadline_ms=5000.0)
+    drv.run()
+    assert not drv.records(r.FailureSuspected) and not drv.records(r.FailureDetected)
