@@ -151,8 +151,11 @@ def test_request_timeout_fails_a_request_exactly_once(fake, cfg_for, invariants)
     timed_out = [x for x in fails if x.reason == "timeout"]
     assert timed_out and all(x.latency_ms == pytest.approx(3000.0) for x in timed_out)
     assert {x.reason for x in fails} == {"timeout"}
-    # the recovery gives up later; the requests it would fail already ended: no second outcome
-    assert drv.records(r.RecoveryFailed)[0].t_ms > max(x.t_ms for x in fails)
+    # the reconnect recovery is still waiting when the last request times out
+    assert not drv.records(r.RecoveryFailed) and drv.coord.st.recoveries
+    late = drv.coord.timer(("reconnect", B0), drv.now + 10_000.0)   # it gives up now
+    assert len(drv.records(r.RequestFailed)) == 4 and [x.browser for x in drv.records(r.RecoveryFailed)] == [B0]
+    assert not [cmd for cmd in late if isinstance(cmd, c.RunShard)]
     # a late timer for a request that already ended does nothing
     q = timed_out[0].request_id
     n = len(drv.coord.log)
