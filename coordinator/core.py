@@ -130,8 +130,7 @@ class Coordinator(RecoveryRules):
 
     def _on_browser_ready(self, o: r.BrowserReady) -> None:
         if self.st.browsers[o.browser].status != "launching":
-            self.st.stale += 1
-            self.log.append(o)
+            self._commit(o)     # a duplicate or late ready: the fold counts it as stale
             return
         self._commit(o)
         self._arm_heartbeat(o.browser)

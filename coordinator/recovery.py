@@ -42,7 +42,13 @@ class RecoveryRules:
 
     # --- observations -----------------------------------------------------------
 
+    def _is_stale(self, o: r.BrowserExited | r.ConnectionClosed) -> bool:
+        return bool(o.incarnation) and o.incarnation != self.st.browsers[o.browser].incarnation
+
     def _on_exited(self, o: r.BrowserExited) -> None:
+        if self._is_stale(o):
+            self._commit(o)
+            return
         b = o.browser
         before = self.st.browsers[b].status
         rec = self.st.recoveries.get(b)
@@ -54,6 +60,9 @@ class RecoveryRules:
             self._fail_browser(b, "exited")
 
     def _on_connection_closed(self, o: r.ConnectionClosed) -> None:
+        if self._is_stale(o):
+            self._commit(o)
+            return
         before = self.st.browsers[o.browser].status
         self._commit(o)
         if before == READY and o.browser not in self.st.recoveries:

@@ -129,6 +129,12 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
             bs = st.browsers[b]
             if bs.status == LAUNCHING:
                 bs.status, bs.last_heartbeat = READY, t
+            else:
+                st.stale += 1
+        case r.BrowserExited(browser=b, incarnation=inc) if inc and inc != st.browsers[b].incarnation:
+            st.stale += 1     # the exit of an incarnation we already replaced
+        case r.ConnectionClosed(browser=b, incarnation=inc) if inc and inc != st.browsers[b].incarnation:
+            st.stale += 1
         case r.BrowserExited(browser=b):
             _lose_browser(st.browsers[b], DEAD)
         case r.BrowserClosed(browser=b):

@@ -97,6 +97,7 @@ class BrowserExited(Record):
     KIND = EventKind.BROWSER_CRASHED
     browser: str = ""
     reason: str = "exited"
+    incarnation: int = 0              # which launch of the browser died (0: not known, the current one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,7 @@ class BrowserClosed(Record):
 class ConnectionClosed(Record):
     KIND = EventKind.CONNECTION_CLOSED
     browser: str = ""
+    incarnation: int = 0              # which launch's socket closed (0: not known, the current one)
 
 
 @dataclass(frozen=True, slots=True)

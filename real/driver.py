@@ -164,11 +164,12 @@ class RealDriver:
         self._spawn(self._watch_process(cmd.browser, h))
 
     async def _watch_process(self, b: str, h: BrowserHandle) -> None:
+        inc = self.browsers[b].incarnation
         while not await h.wait_exited(3600.0):
             pass
         st = self.browsers.get(b)
         if st is not None and st.handle is h and not st.killed:
-            self.observe(r.BrowserExited(self.now(), browser=b, reason="process exited"))
+            self.observe(r.BrowserExited(self.now(), browser=b, reason="process exited", incarnation=inc))
 
     def _kill(self, b: str) -> None:
         st = self.browsers.get(b)
@@ -210,11 +211,12 @@ class RealDriver:
         return st is not None and not st.killed and st.conn is not None
 
     async def _watch_socket(self, b: str, conn: Any) -> None:
+        inc = self.browsers[b].incarnation
         await conn.closed.wait()
         st = self.browsers.get(b)
         if st is not None and st.conn is conn and not st.killed:
             st.conn = None
-            self.observe(r.ConnectionClosed(self.now(), browser=b))
+            self.observe(r.ConnectionClosed(self.now(), browser=b, incarnation=inc))
 
     async def _sample_memory(self) -> None:
         while True:

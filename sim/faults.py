@@ -49,7 +49,8 @@ def _disconnect(w: SimWorld, page: Page, delay_ms: float | None) -> None:
     page.link_epoch += 1
     page.queue.clear()
     bp = w.p.browsers[page.kind]
-    w.at(bp.close_notice_ms, lambda: w.observe(lambda now: r.ConnectionClosed(now, browser=page.id)))
+    w.at(bp.close_notice_ms, lambda: w.pages.get(page.id) is page and w.observe(
+        lambda now: r.ConnectionClosed(now, browser=page.id, incarnation=page.incarnation)))
     if delay_ms is None:
         return
     inc = page.incarnation

@@ -181,8 +181,14 @@ class SimWorld:
         self._kill(page)
         bp = self.p.browsers[page.kind]
         b = page.id
-        self.at(bp.close_notice_ms, lambda: self.observe(lambda now: r.ConnectionClosed(now, browser=b)))
-        self.at(bp.exit_notice_ms, lambda: self.observe(lambda now: r.BrowserExited(now, browser=b, reason=reason)))
+
+        def notice(make: Callable[[float], r.Record]) -> None:
+            # Only the incarnation that crashed is reported; a restart may have replaced it.
+            if self.pages.get(b) is page:
+                self.observe(make)
+        self.at(bp.close_notice_ms, lambda: notice(lambda now: r.ConnectionClosed(now, browser=b, incarnation=page.incarnation)))
+        self.at(bp.exit_notice_ms, lambda: notice(lambda now: r.BrowserExited(now, browser=b, reason=reason,
+                                                                       incarnation=page.incarnation)))
 
     def _heartbeat_loop(self, page: Page) -> None:
         interval = self.coord.s.heartbeat_interval_ms

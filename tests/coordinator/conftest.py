@@ -214,8 +214,8 @@ class FakeDriver:
                 return
             self._kill(b)
             if close_first:
-                self.observe(r.ConnectionClosed(self.now, browser=b))
-            self.observe(r.BrowserExited(self.now, browser=b, reason="crash"))
+                self.observe(r.ConnectionClosed(self.now, browser=b, incarnation=page.incarnation))
+            self.observe(r.BrowserExited(self.now, browser=b, reason="crash", incarnation=page.incarnation))
         self.at_rel(t, go)
         return self
 

@@ -191,11 +191,6 @@ def test_closed_loop_deadline_drains_in_flight(fake, cfg_for, invariants):
     assert drv.records(r.RunFinished)[0].t_ms > drv.t0 + 500.0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG coordinator/core.py:133 (_on_browser_ready): a BrowserReady for a browser that is not launching "
-    "bumps self.st.stale and appends to the log without going through apply(), so "
-    "fold(initial_state(cfg), log) != live state (stale differs by 1). state.py apply(BrowserReady) should "
-    "count it instead (as it does for stale ShardCompleted/ShardFailed)."))
 def test_duplicate_browser_ready_keeps_state_equal_to_fold(fake, cfg_for, rebuilt):
     drv = fake(cfg_for(resolve(L.NONE))).clients(total=2)
     drv.at_rel(5.0, lambda: drv.observe(r.BrowserReady(drv.now, browser=B1)))

@@ -175,11 +175,6 @@ def test_persistent_shard_error_fails_the_request_after_max_retries(fake, cfg_fo
     assert drv.coord.st.requests[1].errors == {}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG coordinator/recovery.py _on_exited (l.45-55) + state.py apply(BrowserExited): the old process's exit "
-    "notice, arriving after the restart relaunched the browser, marks the *new* LAUNCHING incarnation DEAD and "
-    "escalates; with restart_attempts=1 (level low) that is RecoveryFailed and every request fails "
-    "'shard_unavailable'. BrowserExited carries no incarnation to tell the two apart."))
 def test_restart_on_crash_reported_as_close_then_exit(fake, cfg_for, invariants, rebuilt):
     """A real crash is reported twice (socket closed, then process exited, as sim/world.py and
     real/ do). The exit notice belongs to the *old* process; it must not kill the relaunch.
