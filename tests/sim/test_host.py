@@ -60,7 +60,7 @@ def test_pause_cancel_and_scale():
     c = host.start(1000.0, 1.0, lambda: done.__setitem__("c", env.now))
     host.cancel(c)
     env.run()
-    assert done["b"] == pytest.approx(250.0) and "c" not in done
+    assert done["b"] == pytest.approx(251.0) and "c" not in done
 
 
 def _throughput(browsers: tuple[str, ...], cores: float, seed: int = 3) -> tuple[float, float]:
