@@ -99,7 +99,7 @@ def test_fold_rebuilds_state_after_a_crash_at_level_high(records_of):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "BUG coordinator/core.py:190-196 + 267-276: closed loop (no total) with think_ms=0 after a shard became "
+    "BUG coordinator/core.py:189-194 (_submit) + 266-275 (_after_request): closed loop (no total) with think_ms=0 after a shard became "
     "UNAVAILABLE: _submit fails the request at once -> _after_request -> _submit_for_client -> _submit ... "
     "with no simulated time passing, until RecursionError. Expected: the run ends (e.g. stop submitting for a "
     "client once a shard is unavailable, or resubmit through a timer)."))
