@@ -37,7 +37,8 @@ class Coordinator(RecoveryRules):
         self.weight_mb = {sh.index: sh.weight_mb for sh in cfg.shards}
         self._out: list[c.Command] = []
         self._backoff: set[tuple[int, int]] = set()   # (request, shard) waiting for a retry timer
-        self._ladders: dict[str, tuple[str, ...]] = {}  # failed browser -> its recovery actions, in order
+        self._ladders: dict[str, tuple[str, ...]] = {}
+        self._draining = False  # failed browser -> its recovery actions, in order
         self._now = 0.0
 
     # --- plumbing -----------------------------------------------------------
@@ -170,14 +171,34 @@ class Coordinator(RecoveryRules):
         for client in range(int(o.concurrency)):
             self._submit_for_client(client)
 
+    def _unavailable(self) -> bool:
+        return any(sh.status == UNAVAILABLE for sh in self.st.shards.values())
+
     def _submit_for_client(self, client: int) -> None:
         st = self.st
         if st.deadline_passed:
+            return
+        if self._unavailable():
+            self._drain_clients(client)
             return
         if st.client_total is not None and sum(st.clients.values()) >= st.client_total:
             return
         _, batch, seq = st.client_params
         self._submit(st.next_request, client, batch, seq)
+
+    def _drain_clients(self, client: int) -> None:
+        """The model lost a shard for good: a bounded workload's remaining requests are submitted
+        and fail at once (counted, not silently dropped); an unbounded closed loop stops."""
+        st = self.st
+        if st.client_total is None or self._draining:
+            return
+        self._draining = True
+        try:
+            _, batch, seq = st.client_params
+            while sum(st.clients.values()) < st.client_total:
+                self._submit(st.next_request, client, batch, seq)
+        finally:
+            self._draining = False
 
     def _on_scheduled(self, o: r.RequestScheduled) -> None:
         self._commit(o)
@@ -196,7 +217,7 @@ class Coordinator(RecoveryRules):
 
     def _workload_done(self) -> bool:
         st = self.st
-        if st.deadline_passed:
+        if st.deadline_passed or (self._unavailable() and st.client_total is None and st.clients):
             return True
         return st.client_total is not None and sum(st.clients.values()) >= st.client_total
 
@@ -207,7 +228,7 @@ class Coordinator(RecoveryRules):
         setup_failed = st.workload_started is None and any(
             sh.status == UNAVAILABLE for sh in st.shards.values())
         if setup_failed or (st.workload_started is not None and self._workload_done() and not st.active):
-            reason = "setup_failed" if setup_failed else "done"
+            reason = "setup_failed" if setup_failed else "shard_unavailable" if self._unavailable() else "done"
             self._commit(r.RunFinished(self._now, reason=reason))
             self._cmd(c.FinishRun(reason))
 

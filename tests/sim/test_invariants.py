@@ -53,12 +53,11 @@ def scenarios(draw):
     if draw(st.booleans()):
         workload = Workload(iterations=draw(st.integers(3, 15)))
     else:
-        # think_ms > 0: with think 0, a closed loop whose shard became unavailable recurses without
-        # end (known bug, tests/sim/test_run.py::test_closed_loop_with_an_unavailable_shard_ends, xfail).
-        # Put 0.0 back into this list when that is fixed.
+        # think_ms 0 included: a closed loop whose shard became unavailable must still end
+        # (tests/sim/test_run.py::test_closed_loop_with_an_unavailable_shard_ends).
         workload = Workload(kind="closed_loop", concurrency=draw(st.integers(2, 4)),
                             duration_s=float(draw(st.integers(2, 5))),
-                            think_ms=draw(st.sampled_from([10.0, 50.0])))
+                            think_ms=draw(st.sampled_from([0.0, 10.0, 50.0])))
     return Scenario(
         model, shards=shards, shard_type=shard_type, browsers=browsers,
         placement=draw(st.sampled_from(["round_robin", "capacity", "specialization", "history"])),

@@ -98,11 +98,6 @@ def test_fold_rebuilds_state_after_a_crash_at_level_high(records_of):
     assert st.snapshot() == run.coordinator.st.snapshot()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG coordinator/core.py:189-194 (_submit) + 266-275 (_after_request): closed loop (no total) with think_ms=0 after a shard became "
-    "UNAVAILABLE: _submit fails the request at once -> _after_request -> _submit_for_client -> _submit ... "
-    "with no simulated time passing, until RecursionError. Expected: the run ends (e.g. stop submitting for a "
-    "client once a shard is unavailable, or resubmit through a timer)."))
 def test_closed_loop_with_an_unavailable_shard_ends(invariants):
     s = Scenario("all-MiniLM-L6-v2", shards=2, workload=Workload(kind="closed_loop", concurrency=2, duration_s=2.0),
                  faults=(FaultSpec("browser_crash", 100.0, shard=0),))
