@@ -35,7 +35,7 @@ import multiprocessing
 import pyarrow as pa
 
 from events.schema import EventKind as K, EventLog, canonical_json, to_arrow
-from events.store import Store, code_version, host_info
+from events.store import DEFAULT_DB_PATH, Store, code_version, host_info
 from experiments.runner import write_json_atomic
 from experiments.sweep_spec import Sweep, SweepPoint, load_sweep
 from shardtwin.errors import InputError
@@ -352,7 +352,7 @@ def format_summary(table: Mapping[str, list[tuple[str, Mapping[str, Any]]]]) -> 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="run many simulator scenarios from a sweep spec (grid / random / seeds)")
     p.add_argument("spec", metavar="SPEC", help="sweep spec, YAML or JSON (base, grid, random, seeds, profile_grid)")
-    p.add_argument("--db", default="shardtwin.duckdb", metavar="PATH", help="DuckDB file (default %(default)s)")
+    p.add_argument("--db", default=str(DEFAULT_DB_PATH), metavar="PATH", help="DuckDB file (default %(default)s)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes (default: all cores; 1 = in process)")
     p.add_argument("--events", choices=EVENT_MODES, default="summary",
