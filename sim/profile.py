@@ -35,6 +35,10 @@ class BrowserProfile:
     close_notice_ms: float        # socket close observed after a crash / disconnect
     exit_notice_ms: float         # process exit observed after a crash
     backends: Mapping[str, BackendRate] = field(default_factory=dict)
+    # Calibrated refinements (defaults leave the uncalibrated model unchanged):
+    hop_overhead_ms: float = 0.0  # per shard run, round trip: coordinator feed build + encode, page decode
+    load_scale: float = 1.0       # this browser's shard load time relative to the profile's load model
+    warmup_factor: float = 1.0    # first run of a shard in a page (JIT, allocation) vs later runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,11 @@ class Profile:
     pressure_fraction: Mapping[str, float]   # memory_pressure level -> fraction of the budget allocated
     pressure_slowdown: Mapping[str, float]   # level -> compute slowdown while under pressure
     browsers: Mapping[str, BrowserProfile]
+    # Empirical heartbeat extra delay (gap - interval, ms) at evenly spaced probabilities 0..1;
+    # when given it replaces the lognormal (heartbeat_extra_ms, heartbeat_sigma) model.
+    heartbeat_extra_quantiles: tuple[float, ...] = ()
+    source_runs: tuple[str, ...] = ()          # real runs a calibrated profile was fitted from
+    residuals: Mapping[str, Any] = field(default_factory=dict)   # fit residuals per parameter group
 
     def rate(self, kind: str, backend: str) -> BackendRate:
         try:
@@ -99,6 +108,9 @@ def profile_from_dict(d: Mapping[str, Any]) -> Profile:
                           for bk, bv in dict(bd.get("backends", {})).items()}
         browsers[k] = BrowserProfile(**bd)
     d["browsers"] = browsers
+    for k in ("heartbeat_extra_quantiles", "source_runs"):
+        if k in d:
+            d[k] = tuple(d[k])
     try:
         return Profile(**d)
     except TypeError as exc:

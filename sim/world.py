@@ -49,6 +49,7 @@ class Page:
     job_run: Any = None
     errors: list[int | None] = field(default_factory=list)   # shards whose next run throws (None: any)
     link_epoch: int = 0
+    warmed: set[int] = field(default_factory=set)             # shards this page has run once
 
 
 class SimWorld:
@@ -163,6 +164,7 @@ class SimWorld:
             return
         page.alive = page.connected = False
         page.loaded.clear()
+        page.warmed.clear()
         page.queue.clear()
         if page.job is not None:
             self.host.cancel(page.job)
@@ -194,11 +196,17 @@ class SimWorld:
         interval = self.coord.s.heartbeat_interval_ms
         rng = self.rng["heartbeat"]
 
+        quantiles = self.p.heartbeat_extra_quantiles
+        probs = np.linspace(0.0, 1.0, len(quantiles)) if quantiles else None
+
         def beat() -> None:
             if not page.alive or self.pages.get(page.id) is not page or self.done.triggered:
                 return
-            extra = float(rng.lognormal(math.log(self.p.heartbeat_extra_ms), self.p.heartbeat_sigma))
-            self.at(interval + extra, beat)
+            if quantiles:   # empirical gap distribution (calibrated): inverse CDF of a uniform draw
+                extra = float(np.interp(rng.random(), probs, quantiles))
+            else:
+                extra = float(rng.lognormal(math.log(self.p.heartbeat_extra_ms), self.p.heartbeat_sigma))
+            self.at(max(interval + extra, 1.0), beat)
             if page.hung or not page.connected:
                 return
             epoch = page.link_epoch
@@ -221,8 +229,9 @@ class SimWorld:
         if cmd.shard in page.loaded:
             ms = 2 * self.p.link_latency_ms
         else:
-            ms = (2 * self.p.link_latency_ms + shard.weight_mb * self.p.fetch_ms_per_mb
-                  + self.p.session_create_ms + shard.weight_mb * self.p.session_create_ms_per_mb)
+            ms = (2 * self.p.link_latency_ms + self.p.browsers[page.kind].load_scale
+                  * (shard.weight_mb * self.p.fetch_ms_per_mb + self.p.session_create_ms
+                     + shard.weight_mb * self.p.session_create_ms_per_mb))
         epoch = page.link_epoch
 
         def loaded() -> None:
@@ -247,7 +256,7 @@ class SimWorld:
             if page.alive and page.connected and page.link_epoch == epoch:
                 page.queue.append(cmd)
                 self._next_job(page)
-        self.at(self.hop_ms(nbytes), arrive)
+        self.at(self.hop_ms(nbytes) + self.p.browsers[page.kind].hop_overhead_ms / 2, arrive)
 
     def compute_ms(self, page: Page, cmd: c.RunShard) -> float:
         rate = self.p.rate(page.kind, self.backend)
@@ -256,6 +265,8 @@ class SimWorld:
         ms = (f.get("matmul", 0.0) / rate.matmul_gflops + f.get("attention", 0.0) / rate.attention_gflops
               + f.get("elementwise", 0.0) / rate.elementwise_gflops + f.get("conv", 0.0) / rate.conv_gflops) / 1e6
         ms = ms * page.slow + rate.run_overhead_ms + rate.readback_ms
+        if cmd.shard not in page.warmed:
+            ms *= self.p.browsers[page.kind].warmup_factor
         if page.pressure:
             ms *= self.p.pressure_slowdown[page.pressure]
         if self.p.compute_cv > 0:
@@ -267,6 +278,7 @@ class SimWorld:
             return
         cmd = page.queue.popleft()
         work = self.compute_ms(page, cmd)
+        page.warmed.add(cmd.shard)
         threads = self.p.rate(page.kind, self.backend).threads
         started = self.env.now
         page.job_run = cmd
@@ -285,7 +297,7 @@ class SimWorld:
                 reason="shard_error")))
         else:
             out = self.plans(cmd.batch_size, cmd.seq_len).shards[cmd.shard].output_bytes
-            self.at(self.hop_ms(out), lambda: self._deliver(page, epoch, lambda now: r.ShardCompleted(
+            self.at(self.hop_ms(out) + self.p.browsers[page.kind].hop_overhead_ms / 2, lambda: self._deliver(page, epoch, lambda now: r.ShardCompleted(
                 now, request_id=cmd.request_id, shard=cmd.shard, browser=page.id, attempt=cmd.attempt,
                 compute_ms=compute)))
         self._next_job(page)
