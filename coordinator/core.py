@@ -38,7 +38,8 @@ class Coordinator(RecoveryRules):
         self._out: list[c.Command] = []
         self._backoff: set[tuple[int, int]] = set()   # (request, shard) waiting for a retry timer
         self._ladders: dict[str, tuple[str, ...]] = {}
-        self._draining = False  # failed browser -> its recovery actions, in order
+        self._draining = False
+        self._hb_armed: set[str] = set()                 # browsers with a detector timer pending  # failed browser -> its recovery actions, in order
         self._now = 0.0
 
     # --- plumbing -----------------------------------------------------------
@@ -83,6 +84,7 @@ class Coordinator(RecoveryRules):
         self._now = now
         kind = key[0]  # type: ignore[index]
         if kind == "hb":
+            self._hb_armed.discard(key[1])  # type: ignore[index]
             self._on_heartbeat_timer(key[1])  # type: ignore[index]
         elif kind == "req":
             self._on_request_timeout(key[1])  # type: ignore[index]
@@ -124,9 +126,14 @@ class Coordinator(RecoveryRules):
         self._commit(r.ShardLoadStarted(self._now, shard=s, browser=b))
         self._cmd(c.LoadShard(b, s))
 
-    def _arm_heartbeat(self, b: str) -> None:
+    def _arm_heartbeat(self, b: str, force: bool = True) -> None:
+        """One pending detector timer per browser. A heartbeat does not re-arm it (force=False):
+        when it fires it re-arms itself at last heartbeat + delay if that lies in the future."""
+        if not force and b in self._hb_armed:
+            return
         bs = self.st.browsers[b]
         last = bs.last_heartbeat if bs.last_heartbeat is not None else self._now
+        self._hb_armed.add(b)
         self._cmd(c.ArmTimer(("hb", b), last + suspicion_delay(bs.gaps, self.s)))
 
     def _on_browser_ready(self, o: r.BrowserReady) -> None:
@@ -146,7 +153,7 @@ class Coordinator(RecoveryRules):
         if self._recovery_on_heartbeat(o.browser):
             return
         if self.st.browsers[o.browser].status == READY:
-            self._arm_heartbeat(o.browser)
+            self._arm_heartbeat(o.browser, force=False)
 
     def _on_shard_loaded(self, o: r.ShardLoaded) -> None:
         self._commit(o)
@@ -199,6 +206,7 @@ class Coordinator(RecoveryRules):
                 self._submit(st.next_request, client, batch, seq)
         finally:
             self._draining = False
+        self._hb_armed: set[str] = set()                 # browsers with a detector timer pending
 
     def _on_scheduled(self, o: r.RequestScheduled) -> None:
         self._commit(o)

@@ -95,12 +95,14 @@ class RecoveryRules:
         delay = suspicion_delay(bs.gaps, self.s)
         silence = self._now - bs.last_heartbeat
         if silence + 1e-9 < delay:
+            self._hb_armed.add(b)
             self._cmd(c.ArmTimer(("hb", b), bs.last_heartbeat + delay))
             return
         if bs.loading:
             # Creating a shard session occupies the page's main thread for seconds (measured on
             # 2 cores): silence while a load is outstanding is not a failure. The load itself
             # ends in ShardLoaded, ShardLoadFailed or a closed connection.
+            self._hb_armed.add(b)
             self._cmd(c.ArmTimer(("hb", b), self._now + delay))
             return
         self._commit(r.FailureSuspected(self._now, browser=b, detector=self.s.detector, silence_ms=silence))

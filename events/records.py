@@ -355,22 +355,29 @@ def _tupled(v: Any) -> Any:
     return v
 
 
+_PLANS: dict[type, tuple[tuple[str, ...], str | None, tuple[str, ...]]] = {}
+
+
+def _plan(cls: type) -> tuple[tuple[str, ...], str | None, tuple[str, ...]]:
+    """(column fields, value field, detail fields) of a record class, computed once."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "t_ms"]
+        plan = (tuple(n for n in names if n in _COLUMNS), cls.VALUE,
+                tuple(n for n in names if n not in _COLUMNS and n != cls.VALUE))
+        _PLANS[cls] = plan
+    return plan
+
+
 def to_event(rec: Record, seq: int = 0) -> Event:
-    cols: dict[str, Any] = {"request_id": None, "shard": None, "browser": None, "attempt": 0}
-    value = None
-    detail: dict[str, Any] = {}
-    for f in dataclasses.fields(rec):
-        if f.name == "t_ms":
-            continue
-        v = getattr(rec, f.name)
-        if f.name in _COLUMNS:
-            cols[f.name] = v
-        elif f.name == rec.VALUE:
-            value = None if v is None else float(v)
-        else:
-            detail[f.name] = _jsonable(v)
-    return Event(rec.KIND, float(rec.t_ms), seq, cols["request_id"], cols["shard"], cols["browser"],
-                 int(cols["attempt"] or 0), value, canonical_json(detail) if detail else None)
+    columns, value_field, detail_fields = _plan(type(rec))
+    g = rec.__getattribute__
+    cols = {c: g(c) for c in columns}
+    value = g(value_field) if value_field else None
+    detail = {n: _jsonable(g(n)) for n in detail_fields}
+    return Event(rec.KIND, float(rec.t_ms), seq, cols.get("request_id"), cols.get("shard"), cols.get("browser"),
+                 int(cols.get("attempt") or 0), None if value is None else float(value),
+                 canonical_json(detail) if detail else None)
 
 
 def from_event(ev: Event) -> Record:

@@ -57,7 +57,8 @@ def run_scenario(s: Scenario, profile: Profile = DEFAULT_PROFILE, seed: int | No
     world = SimWorld(coord, plan, plans, profile, str(s.backend), seed, inputs, mtbf_s=s.mtbf_s)
     world.run()
     run_id = run_id or f"sim-{uuid.UUID(int=_stable_int(s, seed, profile)).hex[:16]}"
-    events = numbered([*inputs, *(to_event(rec) for rec in coord.log)])
+    n = len(inputs)
+    events = (*inputs, *(to_event(rec, n + i) for i, rec in enumerate(coord.log)))
     return SimRun(EventLog(run_id, Source.SIM, events), plan, coord, world.sim_events)
 
 

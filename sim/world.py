@@ -199,20 +199,22 @@ class SimWorld:
         quantiles = self.p.heartbeat_extra_quantiles
         probs = np.linspace(0.0, 1.0, len(quantiles)) if quantiles else None
 
+        mu, sigma = math.log(self.p.heartbeat_extra_ms), self.p.heartbeat_sigma
+
         def beat() -> None:
+            # One SimPy event per heartbeat, at its arrival: it left the page `link_latency_ms`
+            # earlier; a page hung or offline at that moment sent nothing (latency << interval).
             if not page.alive or self.pages.get(page.id) is not page or self.done.triggered:
                 return
             if quantiles:   # empirical gap distribution (calibrated): inverse CDF of a uniform draw
                 extra = float(np.interp(rng.random(), probs, quantiles))
             else:
-                extra = float(rng.lognormal(math.log(self.p.heartbeat_extra_ms), self.p.heartbeat_sigma))
+                extra = float(rng.lognormal(mu, sigma))
             self.at(max(interval + extra, 1.0), beat)
             if page.hung or not page.connected:
                 return
-            epoch = page.link_epoch
-            self.at(self.p.link_latency_ms, lambda: self._deliver(page, epoch, lambda now: r.HeartbeatReceived(
-                now, browser=page.id)))
-        self.at(interval, beat)
+            self.observe(lambda now: r.HeartbeatReceived(now, browser=page.id))
+        self.at(interval + self.p.link_latency_ms, beat)
 
     def _deliver(self, page: Page, epoch: int, make: Callable[[float], r.Record]) -> None:
         """A message from the page reaches the coordinator unless the link dropped meanwhile."""
