@@ -233,12 +233,17 @@ class Coordinator(RecoveryRules):
         st = self.st
         if st.finished:
             return
-        setup_failed = st.workload_started is None and any(
-            sh.status == UNAVAILABLE for sh in st.shards.values())
-        if setup_failed or (st.workload_started is not None and self._workload_done() and not st.active):
-            reason = "setup_failed" if setup_failed else "shard_unavailable" if self._unavailable() else "done"
-            self._commit(r.RunFinished(self._now, reason=reason))
-            self._cmd(c.FinishRun(reason))
+        if st.workload_started is None:
+            setup_failed = self._unavailable()
+            if not setup_failed:
+                return
+        else:
+            setup_failed = False
+            if st.active or not self._workload_done():   # cheap test first: called after every step
+                return
+        reason = "setup_failed" if setup_failed else "shard_unavailable" if self._unavailable() else "done"
+        self._commit(r.RunFinished(self._now, reason=reason))
+        self._cmd(c.FinishRun(reason))
 
     # --- requests ---------------------------------------------------------------
 

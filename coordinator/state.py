@@ -120,7 +120,22 @@ def fold(state: State, recs: Iterable[r.Record]) -> State:
 
 
 def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record kind
-    match rec:
+    match rec:   # the most frequent records first
+        case r.HeartbeatReceived(browser=b, t_ms=t):
+            _heartbeat(st.browsers[b], t)
+        case r.ShardStarted(request_id=q, shard=s, browser=b, attempt=a):
+            rq = st.requests[q]
+            rq.running[s] = (b, a)
+            rq.attempts[s] = a
+            st.browsers[b].running += 1
+        case r.ShardCompleted(request_id=q, shard=s, browser=b, attempt=a):
+            rq = st.requests.get(q)
+            if rq is None or rq.running.get(s) != (b, a):
+                st.stale += 1
+            else:
+                del rq.running[s]
+                rq.done.add(s)
+                _one_less(st.browsers[b])
         case r.BrowserLaunchRequested(browser=b, incarnation=inc):
             bs = st.browsers[b]
             bs.status, bs.incarnation, bs.last_heartbeat = LAUNCHING, inc, None
@@ -149,8 +164,6 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
             if bs.status in (DISCONNECTED, FAILED):
                 bs.status, bs.last_heartbeat = READY, t
                 bs.loaded = set(loaded)   # what the page reports it still holds
-        case r.HeartbeatReceived(browser=b, t_ms=t):
-            _heartbeat(st.browsers[b], t)
         case r.FailureDetected(browser=b, cause=cause):
             bs = st.browsers[b]
             if cause != "shard_error":
@@ -189,19 +202,6 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
             st.next_request = max(st.next_request, q + 1)
             if c is not None:
                 st.clients[c] = st.clients.get(c, 0) + 1
-        case r.ShardStarted(request_id=q, shard=s, browser=b, attempt=a):
-            rq = st.requests[q]
-            rq.running[s] = (b, a)
-            rq.attempts[s] = a
-            st.browsers[b].running += 1
-        case r.ShardCompleted(request_id=q, shard=s, browser=b, attempt=a):
-            rq = st.requests.get(q)
-            if rq is None or rq.running.get(s) != (b, a):
-                st.stale += 1
-            else:
-                del rq.running[s]
-                rq.done.add(s)
-                _one_less(st.browsers[b])
         case r.ShardFailed(request_id=q, shard=s, browser=b, attempt=a, reason=why):
             rq = st.requests.get(q)
             if rq is None or rq.running.get(s) != (b, a):

@@ -51,8 +51,13 @@ def run_scenario(s: Scenario, profile: Profile = DEFAULT_PROFILE, seed: int | No
     coord._commit(RunStarted(0.0, engine="sim"))
     inputs = list(compile_scenario(s))
 
+    shapes: dict[tuple[int, int], ShardPlan] = {(s.workload.batch_size, s.workload.seq_len): plan}
+
     def plans(batch: int, seq: int) -> ShardPlan:
-        return _plan(s.model, s.shards, str(s.shard_type), batch, seq)
+        got = shapes.get((batch, seq))
+        if got is None:
+            got = shapes[(batch, seq)] = _plan(s.model, s.shards, str(s.shard_type), batch, seq)
+        return got
 
     world = SimWorld(coord, plan, plans, profile, str(s.backend), seed, inputs, mtbf_s=s.mtbf_s)
     world.run()
