@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from typing import NoReturn, Sequence
 
@@ -22,6 +23,9 @@ COMMAND_MODULES = (
     "experiments.cmd_sim",
     "experiments.cmd_real",
     "experiments.cmd_demo",
+    "experiments.cmd_analyze",
+    "experiments.cmd_test",
+    "experiments.cmd_distributed",
 )
 
 
@@ -48,9 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(Exception):
+    """SIGTERM: unwinds like Ctrl-C so every finally block (browsers, the store) runs."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         rc = args.func(args)
     except ShardtwinError as exc:
@@ -59,9 +72,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("shardtwin: interrupted\n")
         return 130
+    except Terminated:
+        sys.stderr.write("shardtwin: terminated\n")
+        return 143
     except BrokenPipeError:
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return int(rc or 0)
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":  # pragma: no cover
