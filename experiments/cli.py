@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "experiments.cmd_sim",
     "experiments.cmd_real",
     "experiments.cmd_demo",
+    "experiments.cmd_validate",
     "experiments.cmd_analyze",
     "experiments.cmd_test",
     "experiments.cmd_distributed",
@@ -52,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(Exception):
-    """SIGTERM: unwinds like Ctrl-C so every finally block (browsers, the store) runs."""
+class Terminated(SystemExit):
+    """SIGTERM: unwinds like Ctrl-C so every finally block (browsers, the store) runs.
+    A SystemExit, because asyncio re-raises only SystemExit/KeyboardInterrupt from callbacks."""
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

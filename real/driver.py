@@ -162,6 +162,7 @@ class RealDriver:
             return
         st.handle = h
         self._spawn(self._watch_process(cmd.browser, h))
+        self.observe(r.ProcessObserved(self.now(), browser=cmd.browser, pid=int(h.pid or 0), rss_mb=h.rss_mb()))
 
     async def _watch_process(self, b: str, h: BrowserHandle) -> None:
         inc = self.browsers[b].incarnation
@@ -190,11 +191,8 @@ class RealDriver:
                 if again and self.coord.st.browsers[b].status != "launching":
                     self.observe(r.ConnectionRestored(self.now(), browser=b, loaded=()))
                 else:
-                    pid = st.handle.pid if st.handle else 0
                     self.observe(r.BrowserReady(self.now(), browser=b, launch_ms=self.now() - st.launched_at,
                                                 capabilities=tuple(sorted((k, _flat(v)) for k, v in caps.items()))))
-                    self.observe(r.ProcessObserved(self.now(), browser=b, pid=int(pid or 0),
-                                                   rss_mb=st.handle.rss_mb() if st.handle else 0.0))
             case MessageReceived(browser_id=b, message=Heartbeat()):
                 if self._current(b):
                     self.observe(r.HeartbeatReceived(self.now(), browser=b))
