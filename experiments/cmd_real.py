@@ -77,6 +77,9 @@ def cmd_real(args: argparse.Namespace) -> int:
     scenario = scenario_from_args(args)
     res = real_and_store(scenario, args.db, args.headed, args.launcher, args.timeout)
     emit_result(args, res)
+    if res.get("aborted") in ("interrupted", "terminated"):
+        sys.stderr.write(f"shardtwin: {res['aborted']}; the run is stored as aborted with its events\n")
+        return 130 if res["aborted"] == "interrupted" else 143
     return 0 if res["requests"]["lost"] == 0 else 1
 
 

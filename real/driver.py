@@ -75,6 +75,7 @@ class RealDriver:
                                 heartbeat_interval_ms=self.coord.s.heartbeat_interval_ms,
                                 on_event=self._server_event) as self.server:
             async with BrowserPool(self.launcher) as self.pool:
+                self._trap_signals()
                 try:
                     self.execute(self.coord.start(self.now()))
                     self._spawn(self._sample_memory())
@@ -87,12 +88,37 @@ class RealDriver:
                     self.coord.abort(self.now(), "interrupted")
                     raise
                 finally:
+                    self._untrap_signals()
                     for t in list(self._tasks):
                         t.cancel()
                     for b, st in sorted(self.browsers.items()):
                         if st.handle is not None and not st.killed and not st.handle.exited.is_set():
                             self.coord.handle(r.BrowserClosed(self.now(), browser=b), self.now())
                         st.killed = True
+
+    def _trap_signals(self) -> None:
+        """Ctrl-C / SIGTERM: SIGKILL every browser at once, then end the run through the normal
+        path (no exception inside the event loop), so the events so far are kept and stored."""
+        import signal
+        from real.browsers import kill_all_live
+        self._trapped = []
+
+        def stop(sig: int) -> None:
+            kill_all_live()
+            if self.aborted is None:
+                self.aborted = "interrupted" if sig == signal.SIGINT else "terminated"
+                self.coord.abort(self.now(), self.aborted)
+            self._done.set()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._loop.add_signal_handler(sig, stop, sig)
+                self._trapped.append(sig)
+            except (ValueError, RuntimeError, NotImplementedError):
+                pass   # not the main thread: the caller's handlers apply
+
+    def _untrap_signals(self) -> None:
+        for sig in getattr(self, "_trapped", ()):
+            self._loop.remove_signal_handler(sig)
 
     def _spawn(self, coro) -> None:
         t = asyncio.ensure_future(coro)
