@@ -1,0 +1,268 @@
+"""Sim-vs-real comparison with SQL over stored events: latency, faults, outcomes, throughput.
+
+Rules:
+- Every figure comes from the `events` table through the request_latency / fault_recovery
+  views (events.views), the same SQL for both engines; nothing is taken from result JSON.
+- Like with like: request latency is REQUEST_SUBMITTED -> REQUEST_COMPLETED in each engine
+  (completed requests only); faults are paired by (type, browser, order of injection).
+- Errors are |sim - real| / real * 100. A validation states its tolerance before it is
+  computed (Tolerance) and passes only when every gated figure is inside it:
+  median and p95 latency error, recovery-time error of every fault, outcome agreement.
+  Detection time and throughput are reported, not gated (detection of a crash is ~20 ms,
+  where a percentage says nothing).
+- The two runs must share a scenario hash (the same scenario), else ValidationError-style
+  InputError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import duckdb
+
+from shardtwin.errors import InputError
+
+
+@dataclass(frozen=True, slots=True)
+class Tolerance:
+    median_pct: float = 5.0
+    p95_pct: float = 10.0
+    recovery_pct: float = 15.0
+    outcome_pct: float = 100.0     # minimum share of requests with the same outcome and reason
+
+    def describe(self) -> str:
+        return (f"tolerance: median latency error <= {self.median_pct:g}%, p95 <= {self.p95_pct:g}%, "
+                f"recovery time error <= {self.recovery_pct:g}% per fault, "
+                f"outcome agreement >= {self.outcome_pct:g}%")
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRow:
+    ordinal: int
+    type: str
+    browser: str | None
+    real_detection_ms: float | None
+    sim_detection_ms: float | None
+    real_recovery_ms: float | None
+    sim_recovery_ms: float | None
+    real_success: bool | None
+    sim_success: bool | None
+
+    @property
+    def detection_err_ms(self) -> float | None:
+        return _diff(self.sim_detection_ms, self.real_detection_ms)
+
+    @property
+    def detection_err_pct(self) -> float | None:
+        return pct_err(self.sim_detection_ms, self.real_detection_ms)
+
+    @property
+    def recovery_err_ms(self) -> float | None:
+        return _diff(self.sim_recovery_ms, self.real_recovery_ms)
+
+    @property
+    def recovery_err_pct(self) -> float | None:
+        return pct_err(self.sim_recovery_ms, self.real_recovery_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    real_run: str
+    sim_run: str
+    tolerance: Tolerance
+    real: dict[str, Any]            # median_ms, p95_ms, mean_ms, completed, failed, throughput_rps
+    sim: dict[str, Any]
+    median_err_pct: float | None
+    p95_err_pct: float | None
+    per_request_err_pct_median: float | None
+    throughput_err_pct: float | None
+    outcome_agreement_pct: float
+    outcome_mismatches: list[dict[str, Any]]
+    faults: list[FaultRow] = field(default_factory=list)
+
+    @property
+    def checks(self) -> dict[str, bool]:
+        t = self.tolerance
+        out = {
+            "median": self.median_err_pct is not None and self.median_err_pct <= t.median_pct,
+            "p95": self.p95_err_pct is not None and self.p95_err_pct <= t.p95_pct,
+            "outcome": self.outcome_agreement_pct >= t.outcome_pct - 1e-9,
+        }
+        for f in self.faults:
+            e = f.recovery_err_pct
+            both_none = f.real_recovery_ms is None and f.sim_recovery_ms is None
+            out[f"recovery[{f.ordinal}]"] = both_none or (e is not None and e <= t.recovery_pct)
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return all(self.checks.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["faults"] = [{**asdict(f), "detection_err_pct": f.detection_err_pct, "recovery_err_pct": f.recovery_err_pct,
+                        "detection_err_ms": f.detection_err_ms, "recovery_err_ms": f.recovery_err_ms}
+                       for f in self.faults]
+        d["checks"], d["passed"] = self.checks, self.passed
+        return d
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def pct_err(predicted: float | None, observed: float | None) -> float | None:
+    """|predicted - observed| / observed * 100 (None when either is missing or observed is 0)."""
+    if predicted is None or observed is None or observed == 0:
+        return None
+    return abs(predicted - observed) / abs(observed) * 100.0
+
+
+LATENCY_SUMMARY = """
+SELECT quantile_cont(latency_ms, 0.5) FILTER (WHERE outcome = 'completed') AS median_ms,
+       quantile_cont(latency_ms, 0.95) FILTER (WHERE outcome = 'completed') AS p95_ms,
+       avg(latency_ms) FILTER (WHERE outcome = 'completed') AS mean_ms,
+       count(*) FILTER (WHERE outcome = 'completed') AS completed,
+       count(*) FILTER (WHERE outcome = 'failed') AS failed,
+       count(*) FILTER (WHERE outcome IS NULL) AS lost
+FROM request_latency WHERE run_id = ?
+"""
+
+THROUGHPUT = """
+SELECT count(*) FILTER (WHERE e.kind = 'request_completed') * 1000.0
+       / nullif(max(e.t_ms) FILTER (WHERE e.kind IN ('request_completed', 'request_failed'))
+                - (SELECT min(t_ms) FROM events WHERE run_id = ? AND kind = 'workload_started'), 0) AS rps
+FROM events e WHERE e.run_id = ?
+"""
+
+PAIRED_REQUESTS = """
+SELECT coalesce(r.request_id, s.request_id) AS request_id,
+       r.latency_ms AS real_ms, s.latency_ms AS sim_ms, r.outcome AS real_outcome, s.outcome AS sim_outcome,
+       r.reason AS real_reason, s.reason AS sim_reason
+FROM (SELECT * FROM request_latency WHERE run_id = ?) r
+FULL OUTER JOIN (SELECT * FROM request_latency WHERE run_id = ?) s ON r.request_id = s.request_id
+ORDER BY 1
+"""
+
+PAIRED_FAULTS = """
+WITH f AS (
+  SELECT *, row_number() OVER (PARTITION BY run_id, type, browser ORDER BY fault_seq) AS k
+  FROM fault_recovery WHERE run_id IN (?, ?)
+)
+SELECT coalesce(r.type, s.type) AS type, coalesce(r.browser, s.browser) AS browser,
+       r.detection_ms AS real_det, s.detection_ms AS sim_det, r.recovery_ms AS real_rec, s.recovery_ms AS sim_rec,
+       r.success AS real_ok, s.success AS sim_ok, coalesce(r.injected_ms, s.injected_ms) AS t
+FROM (SELECT * FROM f WHERE run_id = ?) r
+FULL OUTER JOIN (SELECT * FROM f WHERE run_id = ?) s
+  ON r.type = s.type AND r.browser IS NOT DISTINCT FROM s.browser AND r.k = s.k
+ORDER BY t, type, browser
+"""
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    cur = con.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def run_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
+    s = _rows(con, LATENCY_SUMMARY, [run_id])[0]
+    s["throughput_rps"] = _rows(con, THROUGHPUT, [run_id, run_id])[0]["rps"]
+    return s
+
+
+def paired_requests(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str) -> list[dict[str, Any]]:
+    return _rows(con, PAIRED_REQUESTS, [real_run, sim_run])
+
+
+def paired_faults(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str) -> list[FaultRow]:
+    rows = _rows(con, PAIRED_FAULTS, [real_run, sim_run, real_run, sim_run])
+    return [FaultRow(i, r["type"], r["browser"], r["real_det"], r["sim_det"], r["real_rec"], r["sim_rec"],
+                     r["real_ok"], r["sim_ok"]) for i, r in enumerate(rows)]
+
+
+def check_same_scenario(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str) -> str:
+    rows = dict(con.execute("SELECT run_id, scenario_hash FROM runs WHERE run_id IN (?, ?)",
+                            [real_run, sim_run]).fetchall())
+    for r in (real_run, sim_run):
+        if r not in rows:
+            raise InputError(f"no run {r!r} in the store")
+    if rows[real_run] != rows[sim_run]:
+        raise InputError(f"runs {real_run} and {sim_run} ran different scenarios "
+                         f"({rows[real_run]} vs {rows[sim_run]}); validate compares one scenario")
+    return rows[real_run]
+
+
+def compare(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str,
+            tolerance: Tolerance = Tolerance(), require_same_scenario: bool = True) -> Comparison:
+    """The full comparison of two stored runs of one scenario (see module rules)."""
+    if require_same_scenario:
+        check_same_scenario(con, real_run, sim_run)
+    real, sim = run_summary(con, real_run), run_summary(con, sim_run)
+    pairs = paired_requests(con, real_run, sim_run)
+    errs = sorted(e for p in pairs if p["real_outcome"] == "completed" == p["sim_outcome"]
+                  for e in [pct_err(p["sim_ms"], p["real_ms"])] if e is not None)
+    mism = [p for p in pairs if (p["real_outcome"], p["real_reason"]) != (p["sim_outcome"], p["sim_reason"])]
+    agree = 100.0 * (len(pairs) - len(mism)) / len(pairs) if pairs else 100.0
+    per_req = (errs[len(errs) // 2] if len(errs) % 2 else (errs[len(errs) // 2 - 1] + errs[len(errs) // 2]) / 2) \
+        if errs else None
+    return Comparison(real_run, sim_run, tolerance, real, sim,
+                      pct_err(sim["median_ms"], real["median_ms"]), pct_err(sim["p95_ms"], real["p95_ms"]),
+                      per_req, pct_err(sim["throughput_rps"], real["throughput_rps"]), agree, mism,
+                      paired_faults(con, real_run, sim_run))
+
+
+# --- presentation -------------------------------------------------------------------
+
+def _f(v: Any, nd: int = 1) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def table_rows(c: Comparison) -> list[tuple[str, str, str, str, str]]:
+    """(figure, real, sim, error, verdict) rows of the side-by-side table."""
+    ck, t = c.checks, c.tolerance
+
+    def verdict(key: str) -> str:
+        return "" if key not in ck else ("ok" if ck[key] else "MISS")
+    rows = [
+        ("median latency ms", _f(c.real["median_ms"]), _f(c.sim["median_ms"]), _f(c.median_err_pct) + "%",
+         f"{verdict('median')} (<= {t.median_pct:g}%)"),
+        ("p95 latency ms", _f(c.real["p95_ms"]), _f(c.sim["p95_ms"]), _f(c.p95_err_pct) + "%",
+         f"{verdict('p95')} (<= {t.p95_pct:g}%)"),
+        ("mean latency ms", _f(c.real["mean_ms"]), _f(c.sim["mean_ms"]), "", ""),
+        ("per-request |err| median", "", "", _f(c.per_request_err_pct_median) + "%", ""),
+        ("completed", _f(c.real["completed"]), _f(c.sim["completed"]), "", ""),
+        ("failed", _f(c.real["failed"]), _f(c.sim["failed"]), "", ""),
+        ("outcome agreement", "", "", _f(c.outcome_agreement_pct) + "%",
+         f"{verdict('outcome')} (>= {t.outcome_pct:g}%)"),
+        ("throughput req/s", _f(c.real["throughput_rps"], 2), _f(c.sim["throughput_rps"], 2),
+         _f(c.throughput_err_pct) + "%", ""),
+    ]
+    for f in c.faults:
+        name = f"fault {f.ordinal} {f.type}@{f.browser}"
+        rows.append((f"{name} detection ms", _f(f.real_detection_ms), _f(f.sim_detection_ms),
+                     f"{_f(f.detection_err_ms)} ms / {_f(f.detection_err_pct)}%", ""))
+        rows.append((f"{name} recovery ms", _f(f.real_recovery_ms), _f(f.sim_recovery_ms),
+                     f"{_f(f.recovery_err_ms)} ms / {_f(f.recovery_err_pct)}%",
+                     f"{verdict(f'recovery[{f.ordinal}]')} (<= {t.recovery_pct:g}%)"))
+        rows.append((f"{name} recovered", _f(f.real_success), _f(f.sim_success), "", ""))
+    return rows
+
+
+def format_table(c: Comparison, markdown: bool = False) -> str:
+    head = ("figure", "real (measured)", "sim (predicted)", "error", "verdict")
+    rows = table_rows(c)
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    w = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
+    fmt = lambda r: "  ".join(v.ljust(w[i]) if i == 0 else v.rjust(w[i]) for i, v in enumerate(r))  # noqa: E731
+    return "\n".join([fmt(head), "  ".join("-" * x for x in w), *map(fmt, rows)])

@@ -1,0 +1,141 @@
+"""validate: comparison SQL on hand-made and sim-made logs (no browsers), the command, the report;
+one short real run (browser marker) end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+
+from events.scenario import parse_scenario
+from events.schema import Event, EventKind as K, EventLog, numbered
+from events.store import Store
+from experiments.cli import main
+from experiments.validate import Tolerance, compare, format_table, pct_err
+from shardtwin.vocab import Source
+
+SCEN = {"model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer", "browsers": ["chromium", "firefox"],
+        "workload": {"kind": "iterations", "iterations": 5, "batch_size": 1, "seq_len": 32}}
+
+
+def _log(run_id: str, source: Source, lat: list[float], fault=None, fail: dict | None = None) -> EventLog:
+    ev = [Event.make(K.WORKLOAD_STARTED, 100.0)]
+    t = 100.0
+    for q, ms in enumerate(lat):
+        ev.append(Event.make(K.REQUEST_SUBMITTED, t, request_id=q))
+        t += ms
+        if fail and q in fail:
+            ev.append(Event.make(K.REQUEST_FAILED, t, request_id=q, value=ms, reason=fail[q]))
+        else:
+            ev.append(Event.make(K.REQUEST_COMPLETED, t, request_id=q, value=ms))
+    if fault:
+        inj, det, rec = fault
+        ev.append(Event.make(K.FAULT_INJECTED, inj, browser="firefox-1", fault="browser_crash"))
+        ev.append(Event.make(K.FAILURE_DETECTED, inj + det, browser="firefox-1", cause="exited"))
+        ev.append(Event.make(K.RECOVERY_COMPLETED, inj + det + rec, browser="firefox-1", value=rec,
+                             strategy="restart"))
+    ev.sort(key=lambda e: e.t_ms)
+    return EventLog(run_id, source, numbered(ev))
+
+
+def _store_pair(store: Store, real_lat, sim_lat, real_fault=None, sim_fault=None, real_fail=None, sim_fail=None):
+    s = parse_scenario(SCEN)
+    ids = []
+    for src, lat, fault, fail in (("real", real_lat, real_fault, real_fail), ("sim", sim_lat, sim_fault, sim_fail)):
+        rid = store.begin_run(src, s)
+        store.finish_run(rid, _log(rid, Source(src), lat, fault, fail))
+        ids.append(rid)
+    return ids
+
+
+def test_errors_from_hand_made_logs():
+    with Store(":memory:") as st:
+        real = [100.0, 110.0, 120.0, 130.0, 200.0]
+        sim = [105.0, 115.0, 126.0, 130.0, 180.0]
+        r, s = _store_pair(st, real, sim, real_fault=(1000.0, 20.0, 500.0), sim_fault=(1000.0, 25.0, 450.0))
+        c = compare(st.con, r, s, Tolerance(5, 10, 15, 100))
+    assert c.real["median_ms"] == pytest.approx(120.0) and c.sim["median_ms"] == pytest.approx(126.0)
+    assert c.median_err_pct == pytest.approx(5.0)
+    assert c.real["p95_ms"] == pytest.approx(np.percentile(real, 95))
+    assert c.p95_err_pct == pytest.approx(abs(np.percentile(sim, 95) - np.percentile(real, 95))
+                                          / np.percentile(real, 95) * 100)
+    assert c.per_request_err_pct_median == pytest.approx(np.median([abs(a - b) / b * 100 for a, b in zip(sim, real)]))
+    (f,) = c.faults
+    assert (f.real_detection_ms, f.sim_detection_ms, f.real_recovery_ms, f.sim_recovery_ms) == \
+        pytest.approx((20.0, 25.0, 500.0, 450.0))
+    assert f.recovery_err_pct == pytest.approx(10.0) and f.detection_err_ms == pytest.approx(5.0)
+    assert c.outcome_agreement_pct == 100.0
+    assert c.checks == {"median": True, "p95": True, "outcome": True, "recovery[0]": True}
+    assert c.passed
+    assert c.throughput_err_pct == pytest.approx(pct_err(5 / (sum(sim) / 1000), 5 / (sum(real) / 1000)))
+    assert "median latency ms" in format_table(c) and "| figure |" in format_table(c, markdown=True)
+
+
+def test_misses_and_outcome_disagreement():
+    with Store(":memory:") as st:
+        r, s = _store_pair(st, [100.0] * 5, [120.0] * 5, real_fault=(500.0, 20.0, 400.0),
+                           sim_fault=(500.0, 20.0, 200.0), real_fail={4: "request_timeout"})
+        c = compare(st.con, r, s)
+    assert c.median_err_pct == pytest.approx(20.0)
+    assert c.outcome_agreement_pct == pytest.approx(80.0)
+    assert [m["request_id"] for m in c.outcome_mismatches] == [4]
+    assert c.faults[0].recovery_err_pct == pytest.approx(50.0)
+    assert not c.passed and not c.checks["median"] and not c.checks["recovery[0]"] and not c.checks["outcome"]
+
+
+def test_different_scenarios_refused():
+    from shardtwin.errors import InputError
+    with Store(":memory:") as st:
+        r, _ = _store_pair(st, [100.0], [100.0])
+        other = st.begin_run("sim", parse_scenario({**SCEN, "shards": 3}))
+        st.finish_run(other, _log(other, Source.SIM, [100.0]))
+        with pytest.raises(InputError, match="different scenarios"):
+            compare(st.con, r, other)
+
+
+def test_sim_made_logs_self_comparison_is_exact(tmp_path):
+    """Two sim runs of one scenario with one profile and seed agree exactly; a slower profile is caught."""
+    from experiments.cmd_sim import simulate_and_store
+    from sim.profile import DEFAULT_PROFILE
+    db = str(tmp_path / "v.duckdb")
+    s = parse_scenario({**SCEN, "fault_tolerance_level": "low",
+                        "faults": [{"type": "browser_crash", "at_ms": 20.0, "browser": "firefox"}]})
+    a = simulate_and_store(s, DEFAULT_PROFILE, db)["run_id"]
+    b = simulate_and_store(s, dataclasses.replace(DEFAULT_PROFILE, name="same"), db)["run_id"]
+    slow = dataclasses.replace(DEFAULT_PROFILE, name="slow", link_latency_ms=40.0)
+    c_id = simulate_and_store(s, slow, db)["run_id"]
+    with Store(db) as st:
+        same = compare(st.con, a, b)
+        off = compare(st.con, a, c_id)
+    assert same.median_err_pct == 0.0 and same.p95_err_pct == 0.0 and same.passed
+    assert same.faults and same.faults[0].recovery_err_pct == 0.0
+    assert off.median_err_pct > 5.0 and not off.passed
+
+
+def test_validate_command_on_stored_runs_and_report(tmp_path, capsys):
+    db = str(tmp_path / "v.duckdb")
+    with Store(db) as st:
+        r, s = _store_pair(st, [100.0, 110.0, 300.0], [101.0, 111.0, 290.0], real_fault=(900.0, 20.0, 500.0),
+                           sim_fault=(900.0, 22.0, 480.0))
+    rc = main(["validate", "--runs", r, s, "--db", db, "--report", str(tmp_path / "rep")])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("tolerance: median latency error <= 5%")
+    assert "validation PASSED" in out and rc == 0
+    for f in ("latency_scatter.png", "latency_cdf.png", "recovery_timeline.png", "index.html"):
+        assert (tmp_path / "rep" / f).stat().st_size > 1000
+    assert main(["validate", "--runs", r, s, "--db", db, "--tol-median", "0.5"]) == 1
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("firefox-esr")), reason="browsers not installed")
+def test_real_validate_end_to_end(tmp_path, capsys):
+    db = str(tmp_path / "r.duckdb")
+    rc = main(["validate", "--model", "all-MiniLM-L6-v2", "--shards", "2", "--browsers", "chromium,firefox",
+               "--iterations", "4", "--seq-len", "16", "--db", db, "--timeout", "120"])
+    out = capsys.readouterr().out
+    assert rc in (0, 1)     # accuracy depends on machine noise; not asserted here
+    assert "median latency ms" in out and "outcome agreement" in out
+    line = next(x for x in out.splitlines() if x.startswith("outcome agreement"))
+    assert "100.0%" in line
