@@ -92,6 +92,7 @@ class BrowserHandle:
     _cdp: Any = field(default=None, repr=False)
     _watch: asyncio.Task | None = field(default=None, repr=False)
     _pgid: int | None = field(default=None, repr=False)
+    _swept: bool = field(default=False, repr=False)
 
     @property
     def pgid(self) -> int | None:
@@ -125,7 +126,10 @@ class BrowserHandle:
         return sum(_mem(pid, "pss") for pid in self.pids()) / 2**20
 
     def kill(self) -> None:
-        """SIGKILL the browser's whole process group and any straggler (synchronous, signal-safe)."""
+        """SIGKILL the browser's whole process group and any straggler (synchronous, signal-safe).
+        A no-op once the exit was observed and swept (its pgid may since belong to others)."""
+        if self._swept:
+            return
         pids = self.pids()
         if (pgid := self.pgid) is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -175,6 +179,10 @@ class BrowserHandle:
                 await asyncio.sleep(0.02)
         self.exited_at = time.monotonic()
         self.exited.set()
+        await asyncio.sleep(0)  # waiters observe the exit first; the sweep below takes a scan
+        self.kill()  # children never outlive the main process
+        self._swept = True
+        _forget(self)
 
 
 def _alive(pid: int) -> bool:
