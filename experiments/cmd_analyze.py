@@ -210,9 +210,9 @@ def _exits(tl: dict[str, Any]) -> dict[str, float]:
 
 def visualize(con, model: str, out_dir: Path, source: str = "all", run: str | None = None) -> list[Path]:
     """Write the PNGs, report.json and index.html; returns the written paths."""
-    from experiments import plots
-    from experiments.trace import run_timeline
     rep = build_report(con, model, source, compare=True, focus="recovery")
+    from experiments import plots  # matplotlib: imported only when there is something to draw
+    from experiments.trace import run_timeline
     ids = [r["run_id"] for r in rep["runs"]]
     chosen = _chosen_run(con, ids, run)
     try:

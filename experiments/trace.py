@@ -80,8 +80,9 @@ def run_timeline(con, run_id: str) -> dict[str, Any]:
 
 # --- Chrome trace -------------------------------------------------------------
 
-def _us(ms: float) -> float:
-    return round(ms * 1000.0, 3)
+def _us(ms: float) -> int:
+    """Whole microseconds: a slice's end is ts + dur exactly, so touching slices never overlap."""
+    return round(ms * 1000.0)
 
 
 class _Lanes:
@@ -132,7 +133,7 @@ def chrome_trace(tl: dict[str, Any], title: str) -> dict[str, Any]:
             continue
         i = lanes["requests"].place(start, end)
         events.append({"ph": "X", "name": f"request {r['request_id']}", "cat": "request", "pid": pid,
-                       "tid": tid_of("requests", i), "ts": _us(start), "dur": _us(end - start),
+                       "tid": tid_of("requests", i), "ts": _us(start), "dur": _us(end) - _us(start),
                        "args": {"outcome": r["outcome"] or "lost", "latency_ms": r["latency_ms"], "reason": r["reason"]}})
     runs: dict[int, list[dict[str, Any]]] = {}
     for s in sorted(tl["spans"], key=lambda s: (s["start_ms"], s["seq"])):
@@ -140,7 +141,7 @@ def chrome_trace(tl: dict[str, Any], title: str) -> dict[str, Any]:
             continue
         i = lanes[s["browser"]].place(s["start_ms"], s["end_ms"])
         ev = {"ph": "X", "name": _span_name(s), "cat": s["kind"], "pid": pid, "tid": tid_of(s["browser"], i),
-              "ts": _us(s["start_ms"]), "dur": _us(s["end_ms"] - s["start_ms"]),
+              "ts": _us(s["start_ms"]), "dur": _us(s["end_ms"]) - _us(s["start_ms"]),
               "args": {k: s[k] for k in ("status", "value", "shard", "request_id", "attempt") if s.get(k) is not None}}
         events.append(ev)
         if s["kind"] == "shard_run":
@@ -166,8 +167,8 @@ def _flows(runs: dict[int, list[dict[str, Any]]], pid: int) -> list[dict[str, An
     for req, evs in sorted(runs.items()):
         for a, b in zip(evs, evs[1:]):
             fid += 1
-            inside = a["ts"] + max(a["dur"] - 1.0, 0.0)  # within slice a, so the flow binds to it
+            inside = a["ts"] + max(a["dur"] - 1, 0)  # within slice a, so the flow binds to it
             common = {"name": f"request {req}", "cat": "request_flow", "id": fid, "pid": pid}
-            out.append({**common, "ph": "s", "tid": a["tid"], "ts": round(inside, 3)})
+            out.append({**common, "ph": "s", "tid": a["tid"], "ts": inside})
             out.append({**common, "ph": "f", "bp": "e", "tid": b["tid"], "ts": b["ts"]})
     return out
