@@ -262,7 +262,12 @@ def compare_strategies(con, ids: list[str]) -> dict[str, Any]:
     line = (f"recommended recovery strategy: {best['recovery_strategy']} (success "
             f"{best['recovery_success_rate']:.0%} of {best['needed_recovery']} faults, mean recovery "
             f"{'n/a' if mean is None else f'{mean:.0f} ms'}; ranked by success rate, then mean recovery time)")
-    return {"strategies": table, "recommendation": best["recovery_strategy"], "recommendation_line": line}
+    sources = [r["source"] for r in rows(con, "SELECT DISTINCT source FROM analysis_runs WHERE "
+                                              f"{_SEL} ORDER BY 1", {"ids": ids})]
+    if len(sources) > 1:
+        line += f"; sources pooled ({', '.join(sources)}): use --source to compare them apart"
+    return {"strategies": table, "recommendation": best["recovery_strategy"], "recommendation_line": line,
+            "sources": sources}
 
 
 UNATTRIBUTED = f"""

@@ -220,8 +220,9 @@ def visualize(con, model: str, out_dir: Path, source: str = "all", run: str | No
     except OSError as exc:
         raise InputError(f"cannot create {out_dir}: {exc.strerror}") from None
     tl = run_timeline(con, chosen)
-    src = next(r["source"] for r in rep["runs"] if r["run_id"] == chosen)
-    title = f"run {chosen[:12]} ({src}, {rep['model']})"
+    info = next(r for r in rep["runs"] if r["run_id"] == chosen)
+    faults = ", ".join(info["faults"]) or "no fault"
+    title = f"run {chosen[:12]} ({info['source']}, {rep['model']}, {info['recovery_strategy']}; {faults})"
     images = [
         (plots.latency_cdf(A.latencies(con, ids), rep["model"], out_dir / "latency_cdf.png"),
          "Request latency CDF per recovery strategy"),

@@ -53,7 +53,7 @@ def latency_cdf(lat: list[dict[str, Any]], model: str, path: Path) -> Path:
         label = f"{strat} ({src}, n={len(xs)})" if both else f"{strat} (n={len(xs)})"
         ax.step(xs, ys, where="post", color=colours[strat], linestyle=SOURCE_STYLE.get(src, ":"), label=label)
     if groups:
-        ax.legend(title="recovery strategy", fontsize=8)
+        ax.legend(title="recovery strategy" + (" (solid: sim, dashed: real)" if both else ""), fontsize=8)
         if max(max(v) for v in groups.values()) / max(min(min(v) for v in groups.values()), 1e-9) > 20:
             ax.set_xscale("log")
     else:
@@ -117,6 +117,9 @@ def timeline(tl: dict[str, Any], title: str, path: Path) -> Path:
             ax.broken_barh([(s["start_ms"], dur)], (y - 0.3, 0.6), facecolors=f"C{shards.index(s['shard']) % 10}",
                            edgecolor="red" if failed else "none", linewidth=1.5,
                            label=lab(f"shard {s['shard']} run"))
+            if failed:
+                ax.broken_barh([(s["start_ms"], dur)], (y - 0.3, 0.6), facecolors="none", edgecolor="red",
+                               linewidth=1.5, label=lab("shard run failed / cut (red outline)"))
         elif s["kind"] == "shard_load":
             ax.broken_barh([(s["start_ms"], dur)], (y - 0.42, 0.12), facecolors="grey", label=lab("shard load"))
         else:
