@@ -62,6 +62,11 @@ class Profile:
     # Empirical heartbeat extra delay (gap - interval, ms) at evenly spaced probabilities 0..1;
     # when given it replaces the lognormal (heartbeat_extra_ms, heartbeat_sigma) model.
     heartbeat_extra_quantiles: tuple[float, ...] = ()
+    # The page's main thread sends heartbeats; session create (a shard load) and a shard run block
+    # it (measured: ORT Web WASM runs there). True: no heartbeat while loading; a heartbeat due
+    # during a run goes out when the run ends.
+    heartbeat_blocked_by_load: bool = False
+    heartbeat_blocked_by_compute: bool = False
     source_runs: tuple[str, ...] = ()          # real runs a calibrated profile was fitted from
     residuals: Mapping[str, Any] = field(default_factory=dict)   # fit residuals per parameter group
 

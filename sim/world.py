@@ -50,6 +50,8 @@ class Page:
     errors: list[int | None] = field(default_factory=list)   # shards whose next run throws (None: any)
     link_epoch: int = 0
     warmed: set[int] = field(default_factory=set)             # shards this page has run once
+    blocked_until: float = 0.0        # main thread busy creating a session (no heartbeats)
+    hb_pending: bool = False          # a heartbeat fell due during a shard run
 
 
 class SimWorld:
@@ -165,6 +167,7 @@ class SimWorld:
         page.alive = page.connected = False
         page.loaded.clear()
         page.warmed.clear()
+        page.hb_pending = False
         page.queue.clear()
         if page.job is not None:
             self.host.cancel(page.job)
@@ -213,6 +216,11 @@ class SimWorld:
             self.at(max(interval + extra, 1.0), beat)
             if page.hung or not page.connected:
                 return
+            if self.p.heartbeat_blocked_by_load and self.env.now < page.blocked_until:
+                return
+            if self.p.heartbeat_blocked_by_compute and page.job is not None:
+                page.hb_pending = True
+                return
             self.observe(lambda now: r.HeartbeatReceived(now, browser=page.id))
         self.at(interval + self.p.link_latency_ms, beat)
 
@@ -234,6 +242,7 @@ class SimWorld:
             ms = (2 * self.p.link_latency_ms + self.p.browsers[page.kind].load_scale
                   * (shard.weight_mb * self.p.fetch_ms_per_mb + self.p.session_create_ms
                      + shard.weight_mb * self.p.session_create_ms_per_mb))
+            page.blocked_until = max(page.blocked_until, self.env.now + ms)
         epoch = page.link_epoch
 
         def loaded() -> None:
@@ -290,6 +299,11 @@ class SimWorld:
 
     def _job_done(self, page: Page, cmd: c.RunShard, started: float) -> None:
         page.job = page.job_run = None
+        if page.hb_pending:
+            page.hb_pending = False
+            epoch_hb = page.link_epoch
+            self.at(self.p.link_latency_ms, lambda: not page.hung and self._deliver(
+                page, epoch_hb, lambda now: r.HeartbeatReceived(now, browser=page.id)))
         compute = self.env.now - started
         epoch = page.link_epoch
         if cmd.shard in page.errors or None in page.errors:
