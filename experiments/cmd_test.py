@@ -26,7 +26,7 @@ from events.store import DEFAULT_DB_PATH, Store
 from experiments import seedtest_metrics as xm
 from experiments import seedtest_run as xr
 from experiments.flags import add_scenario_flags, scenario_from_args
-from experiments.runner import summary_lines
+from experiments.runner import summary_lines, write_json_atomic
 from shardtwin.errors import InputError
 from shardtwin.vocab import ModelType, PlacementPolicy, WorkloadKind
 
@@ -179,9 +179,10 @@ class Session:
         out["store_run"](res)
         rows = self.store.query("SELECT count(*) AS n FROM events WHERE run_id = ?", [out["run_id"]])
         res["db"] = {"path": str(self.store.path), "run_id": out["run_id"], "event_rows": rows[0]["n"]}
+        path = xr.result_path(a.results_dir, res)
+        res["result_file"] = str(path)
+        self.files.append(str(write_json_atomic(path, res)))
         self.results.append(res)
-        self.files.append(str(xr.write_result(a.results_dir, res)))
-        res["result_file"] = self.files[-1]
         return res
 
     def _sections(self, res: dict[str, Any], s: Scenario, out: dict[str, Any], info: dict[str, Any],
@@ -297,10 +298,12 @@ def _mix_summary(sess: Session) -> None:
              "stable": (r.get("stress") or {}).get("stable"), "passed": r["passed"],
              "result_file": r["result_file"]} for r in sess.results]
     first = sess.results[0]
-    summary = {"record": "model_mix", "model_name": "mix", "models": [r["model"] for r in rows],
-               "shard_count": first["shard_count"], "shard_type": first["shard_type"], "source": "mix",
-               "runs": rows, "passed": all(r["passed"] for r in rows)}
-    sess.files.append(str(xr.write_result(sess.args.results_dir, summary)))
+    sources = sorted({r["source"] for r in rows})
+    summary = {"record": "model_mix", "model_name": "model-mix", "models": [r["model"] for r in rows],
+               "shard_count": first["shard_count"], "shard_type": first["shard_type"],
+               "source": sources[0] if len(sources) == 1 else "both", "runs": rows,
+               "passed": all(r["passed"] for r in rows)}
+    sess.files.append(str(xr.write_result(sess.args.results_dir, summary, "summary")))
     if sess.progress:
         sys.stdout.write("model mix:\n" + "".join(
             f"  {r['model']:<28} {r['source']:<4} p50 {_f(r['latency_p50_ms'])} ms, "

@@ -217,7 +217,7 @@ def run_real_browsers(store: Store, s: Scenario, history_speed: dict | None, pro
 # --- result files ----------------------------------------------------------------------
 
 def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-." else "-" for c in str(text))
+    return "".join(c if c.isalnum() or c in "-._" else "-" for c in str(text))
 
 
 def result_path(results_dir: str | Path, res: dict[str, Any], suffix: str = "") -> Path:

@@ -1,0 +1,93 @@
+"""`shardtwin distributed`: jobs (repeat / split), worker subprocesses, gathered results,
+merged DuckDB, exit codes; the seed guide's --test-file/--test-args form."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from experiments.cli import main
+from experiments.cmd_distributed import make_jobs, parse_test
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def summary() -> dict:
+    (p,) = Path("test_results").glob("distributed_*.json")
+    return json.loads(p.read_text())
+
+
+def _args(**kv) -> argparse.Namespace:
+    base = {"worker_count": 2, "repeat": None, "split": False, "levels": None}
+    return argparse.Namespace(**{**base, **kv})
+
+
+def test_jobs_repeat_with_seeds_and_split_by_models_and_levels():
+    argv = ["--model", "bert-base-uncased", "--shards", "3", "--seed", "7"]
+    jobs = make_jobs(_args(repeat=3), argv, parse_test(argv))
+    assert [j[-1] for j in jobs] == ["7", "8", "9"] and all(j.count("--seed") == 1 for j in jobs)
+    assert len(make_jobs(_args(worker_count=4), argv, parse_test(argv))) == 4     # default: one per worker
+    mix = ["--model-mix", "bert,vit", "--shards", "2", "--fault-tolerance-level", "low"]
+    jobs = make_jobs(_args(split=True, levels="medium,critical"), mix, parse_test(mix))
+    pairs = [(j[j.index("--model") + 1], j[j.index("--fault-tolerance-level") + 1]) for j in jobs]
+    assert pairs == [("bert", "medium"), ("bert", "critical"), ("vit", "medium"), ("vit", "critical")]
+    assert all("--model-mix" not in j and j.count("--fault-tolerance-level") == 1 for j in jobs)
+
+
+def test_guide_form_two_workers_gather_two_results(capsys):
+    rc = main(["distributed", "--test-file", "fixed_web_platform/test_cross_browser_model_sharding.py",
+               "--test-args", "--model bert-base-uncased --shards 3 --type layer --mode sim --iterations 3",
+               "--worker-count", "2"])
+    assert rc == 0
+    s = summary()
+    assert len(s["jobs"]) == 2 and all(j["rc"] == 0 for j in s["jobs"])
+    assert len(s["runs"]) == 2 and sorted(r["seed"] for r in s["runs"]) == [0, 1]
+    for r in s["runs"]:
+        assert r["model"] == "bert-base-uncased" and r["source"] == "sim" and r["latency_p50_ms"] > 0
+        assert Path(r["result_file"]).is_file()
+    # both workers' runs merged into the test's DB (default ./shardtwin.duckdb)
+    n = duckdb.connect("shardtwin.duckdb", read_only=True).execute("SELECT count(*) FROM runs").fetchone()[0]
+    assert n == 2 and s["merged_runs"] == 2
+    assert "2 job(s) on 2 worker(s)" in capsys.readouterr().out
+
+
+def test_split_reports_a_failed_worker():
+    # llama-7b cannot load (fp32 shards > a browser's 4 GB): that job's checks fail -> exit 1
+    rc = main(["distributed", "--worker-count", "2", "--split", "--", "--model-mix", "bert,llama-7b", "--shards", "2",
+               "--mode", "sim", "--iterations", "2", "--db", "mix.duckdb"])
+    assert rc == 1
+    s = summary()
+    assert sorted(j["rc"] for j in s["jobs"]) == [0, 1] and not s["passed"]
+    assert {r["model"] for r in s["runs"]} == {"bert-base-uncased", "llama-7b"}
+
+
+def test_ray_without_package_exits_2(capsys):
+    assert main(["distributed", "--worker-count", "2", "--ray", "10.0.0.1:6379", "--", "--model", "bert"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install shardtwin[ray]" in err[0]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--worker-count", "2", "--", "--model", "bert", "--shards", "x"],
+    ["--worker-count", "2", "--", "--model", "bert", "--ci-mode"],
+    ["--worker-count", "0", "--", "--model", "bert"],
+    ["--worker-count", "2", "--split", "--", "--model", "bert"],
+    ["--worker-count", "2"],
+    ["--worker-count", "2", "--test-args", "--model 'bert"],
+])
+def test_bad_input_exits_2_before_any_worker(argv, capsys):
+    try:
+        rc = main(["distributed", *argv])
+    except SystemExit as exc:
+        rc = exc.code
+    assert rc == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not Path("test_results").exists()
