@@ -39,6 +39,11 @@ class BrowserProfile:
     hop_overhead_ms: float = 0.0  # per shard run, round trip: coordinator feed build + encode, page decode
     load_scale: float = 1.0       # this browser's shard load time relative to the profile's load model
     warmup_factor: float = 1.0    # first run of a shard in a page (JIT, allocation) vs later runs
+    # The page's main thread sends heartbeats. Measured: Chromium's session create (a shard load)
+    # blocks it, Firefox's does not; a shard run (ORT Web WASM) blocks it in both. True: a heartbeat
+    # due while blocked leaves when the block ends (setInterval runs once, late).
+    heartbeat_blocked_by_load: bool = False
+    heartbeat_blocked_by_compute: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +67,6 @@ class Profile:
     # Empirical heartbeat extra delay (gap - interval, ms) at evenly spaced probabilities 0..1;
     # when given it replaces the lognormal (heartbeat_extra_ms, heartbeat_sigma) model.
     heartbeat_extra_quantiles: tuple[float, ...] = ()
-    # The page's main thread sends heartbeats; session create (a shard load) and a shard run block
-    # it (measured: ORT Web WASM runs there). True: no heartbeat while loading; a heartbeat due
-    # during a run goes out when the run ends.
-    heartbeat_blocked_by_load: bool = False
-    heartbeat_blocked_by_compute: bool = False
     source_runs: tuple[str, ...] = ()          # real runs a calibrated profile was fitted from
     residuals: Mapping[str, Any] = field(default_factory=dict)   # fit residuals per parameter group
 

@@ -216,13 +216,22 @@ class SimWorld:
             self.at(max(interval + extra, 1.0), beat)
             if page.hung or not page.connected:
                 return
-            if self.p.heartbeat_blocked_by_load and self.env.now < page.blocked_until:
-                return
-            if self.p.heartbeat_blocked_by_compute and page.job is not None:
+            bp = self.p.browsers[page.kind]
+            if (bp.heartbeat_blocked_by_load and self.env.now < page.blocked_until) or \
+                    (bp.heartbeat_blocked_by_compute and page.job is not None):
                 page.hb_pending = True
                 return
             self.observe(lambda now: r.HeartbeatReceived(now, browser=page.id))
         self.at(interval + self.p.link_latency_ms, beat)
+
+    def _late_heartbeat(self, page: Page) -> None:
+        """A heartbeat that fell due while the page's main thread was blocked leaves now."""
+        if not page.hb_pending or page.job is not None or self.env.now < page.blocked_until:
+            return
+        page.hb_pending = False
+        epoch = page.link_epoch
+        self.at(self.p.link_latency_ms, lambda: not page.hung and self._deliver(
+            page, epoch, lambda now: r.HeartbeatReceived(now, browser=page.id)))
 
     def _deliver(self, page: Page, epoch: int, make: Callable[[float], r.Record]) -> None:
         """A message from the page reaches the coordinator unless the link dropped meanwhile."""
@@ -249,6 +258,7 @@ class SimWorld:
             if not page.alive:
                 return
             page.loaded.add(cmd.shard)
+            self._late_heartbeat(page)
             if self.memory_mb(page) > self.p.browsers[page.kind].memory_budget_mb:
                 self._crash(page, "oom")
                 return
@@ -299,11 +309,7 @@ class SimWorld:
 
     def _job_done(self, page: Page, cmd: c.RunShard, started: float) -> None:
         page.job = page.job_run = None
-        if page.hb_pending:
-            page.hb_pending = False
-            epoch_hb = page.link_epoch
-            self.at(self.p.link_latency_ms, lambda: not page.hung and self._deliver(
-                page, epoch_hb, lambda now: r.HeartbeatReceived(now, browser=page.id)))
+        self._late_heartbeat(page)
         compute = self.env.now - started
         epoch = page.link_epoch
         if cmd.shard in page.errors or None in page.errors:
