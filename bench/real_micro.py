@@ -84,7 +84,7 @@ async def one_browser(kind: str, launcher: str, shard_dir: Path, reps: int, webg
             h = await pool.launch(kind, srv.worker_url(bid, threads=threads), browser_id=bid)
             conn = await srv.wait_connected(bid, 60)
             out[f"launch_to_hello_s_t{threads}"] = round(conn.connected_at - h.launched_at, 3)
-            out["launcher"], out["launch_note"] = h.launcher, h.launch_note
+            out["launcher"] = h.launcher
             out[f"wasm_{threads}t"] = await matmul_gflops(conn, srv, "wasm", 0, reps)
             if threads == 2:
                 if webgpu:
