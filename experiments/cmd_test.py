@@ -253,6 +253,12 @@ def cmd_test(args: argparse.Namespace) -> int:
         ns.model = m
         s, info = build_scenario(ns)
         engines, why = xr.choose_mode(args.mode, s)
+        if args.use_performance_history and "real" in engines and not xr.real_takes_history():
+            if args.mode is not None:
+                raise InputError("--use-performance-history in real mode needs real.run.run_real(history_speed=...), "
+                                 "which this build lacks; use --mode sim")
+            engines, why = ["sim"], ("sim: real runs cannot take measured speeds yet (real.run.run_real has no "
+                                     "history_speed parameter)")
         plans.append((ns, s, info, engines, why))
     with Store(args.db) as store:
         return _run_all(Session(args, store), plans)
@@ -331,6 +337,10 @@ def _output(sess: Session) -> None:
         sys.stdout.write("".join(f"result: {p}\n" for p in sess.files))
     if a.db_metrics:
         _print_db_metrics(sess)
+    if a.quiet or a.ci_mode:
+        for r in sess.results:
+            if not r["passed"]:
+                sys.stderr.write(f"shardtwin test: checks failed ({_failed(r)}): {r['result_file']}\n")
 
 
 def _failed(r: dict[str, Any]) -> str:
