@@ -44,6 +44,7 @@ class BrowserProfile:
     # due while blocked leaves when the block ends (setInterval runs once, late).
     heartbeat_blocked_by_load: bool = False
     heartbeat_blocked_by_compute: bool = False
+    cpu_weight: float = 1.0       # CFS weight of its renderer vs a nice-0 process (Chromium renders at nice 5: ~0.33)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,9 @@ class Profile:
     # Empirical heartbeat extra delay (gap - interval, ms) at evenly spaced probabilities 0..1;
     # when given it replaces the lognormal (heartbeat_extra_ms, heartbeat_sigma) model.
     heartbeat_extra_quantiles: tuple[float, ...] = ()
+    # Cores kept busy by processes outside the run (nice 0), e.g. other users of a shared host;
+    # a page's compute slows by SimWorld.background_factor (CFS shares with cpu_weight).
+    background_cores: float = 0.0
     source_runs: tuple[str, ...] = ()          # real runs a calibrated profile was fitted from
     residuals: Mapping[str, Any] = field(default_factory=dict)   # fit residuals per parameter group
 
@@ -87,6 +91,15 @@ class Profile:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+
+def background_factor(host_cores: float, weight: float, background: float) -> float:
+    """Slowdown of a one-thread page by `background` cores of outside nice-0 work under CFS:
+    the page gets host_cores * weight / (weight + background) of a core, at most one."""
+    if background <= 0:
+        return 1.0
+    share = min(1.0, host_cores * weight / (weight + background))
+    return 1.0 / max(share, 1e-3)
 
 
 def _strict(cls, data: Mapping[str, Any], where: str):

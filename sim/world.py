@@ -28,7 +28,7 @@ from events import records as r
 from events.schema import Event, EventKind
 from models.partition import ShardPlan
 from sim.host import Host
-from sim.profile import Profile
+from sim.profile import Profile, background_factor
 
 STREAMS = ("launch", "heartbeat", "compute", "mtbf")
 
@@ -277,7 +277,7 @@ class SimWorld:
             if page.alive and page.connected and page.link_epoch == epoch:
                 page.queue.append(cmd)
                 self._next_job(page)
-        self.at(self.hop_ms(nbytes) + self.p.browsers[page.kind].hop_overhead_ms / 2, arrive)
+        self.at(self.hop_ms(nbytes) + self._hop_overhead(page), arrive)
 
     def compute_ms(self, page: Page, cmd: c.RunShard) -> float:
         rate = self.p.rate(page.kind, self.backend)
@@ -288,11 +288,21 @@ class SimWorld:
         ms = ms * page.slow + rate.run_overhead_ms + rate.readback_ms
         if cmd.shard not in page.warmed:
             ms *= self.p.browsers[page.kind].warmup_factor
+        ms *= self.background_factor(page.kind)
         if page.pressure:
             ms *= self.p.pressure_slowdown[page.pressure]
         if self.p.compute_cv > 0:
             ms *= float(self.rng["compute"].lognormal(0.0, self.p.compute_cv))
         return ms
+
+    def _hop_overhead(self, page: Page) -> float:
+        """Half the calibrated per-run round-trip overhead (feed build, encode, decode), slowed like a
+        nice-0 process (the coordinator) by the background load."""
+        over = self.p.browsers[page.kind].hop_overhead_ms
+        return 0.0 if over == 0 else over / 2 * background_factor(self.p.host_cores, 1.0, self.p.background_cores)
+
+    def background_factor(self, kind: str) -> float:
+        return background_factor(self.p.host_cores, self.p.browsers[kind].cpu_weight, self.p.background_cores)
 
     def _next_job(self, page: Page) -> None:
         if page.job is not None or not page.queue or not page.alive:
@@ -319,7 +329,7 @@ class SimWorld:
                 reason="shard_error")))
         else:
             out = self.plans(cmd.batch_size, cmd.seq_len).shards[cmd.shard].output_bytes
-            self.at(self.hop_ms(out) + self.p.browsers[page.kind].hop_overhead_ms / 2, lambda: self._deliver(page, epoch, lambda now: r.ShardCompleted(
+            self.at(self.hop_ms(out) + self._hop_overhead(page), lambda: self._deliver(page, epoch, lambda now: r.ShardCompleted(
                 now, request_id=cmd.request_id, shard=cmd.shard, browser=page.id, attempt=cmd.attempt,
                 compute_ms=compute)))
         self._next_job(page)
