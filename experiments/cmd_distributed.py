@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from events.store import DEFAULT_DB_PATH, Store
+from events.store import Store
 from experiments.runner import write_json_atomic
 from shardtwin.errors import InputError
 

@@ -319,3 +319,13 @@ def test_one_short_real_run():
     assert r["requests"]["completed"] == 3 and r["memory_tracking"]["basis"].startswith("measured")
     assert set(r["memory_tracking"]["samples"]) == {"chromium-0", "firefox-1"}
     assert len(r["latency_tracking"]["per_request"]) == 3
+
+
+def test_history_without_real_support_runs_sim_and_says_so(monkeypatch):
+    import experiments.seedtest_run as xr
+    monkeypatch.setattr(xr, "real_takes_history", lambda: False)
+    monkeypatch.setattr(xr, "real_blocker", lambda s: None)      # as if real could run: no browser is started
+    assert test_cli("--model bert-base-uncased --shards 2 --use-performance-history --iterations 2", sim=False) == 0
+    (r,) = results()
+    assert r["source"] == "sim" and "history_speed" in r["mode_note"]
+    assert test_cli("--model bert-base-uncased --shards 2 --use-performance-history --mode real", sim=False) == 2
