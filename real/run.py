@@ -33,10 +33,11 @@ class RealRun:
 
 
 def run_real(s: Scenario, run_id: str | None = None, headed: bool = False, launcher: str = "auto",
-             timeout_s: float = 600.0, on_log=None, on_coordinator=None) -> RealRun:
+             timeout_s: float = 600.0, on_log=None, on_coordinator=None,
+             history_speed: dict | None = None) -> RealRun:
     plan = make_plan(s.model, s.shards, s.shard_type, batch_size=s.workload.batch_size, seq_len=s.workload.seq_len)
     shards = prepare_shards(plan, seed=s.seed)
-    coord = Coordinator(build_config(s, plan))
+    coord = Coordinator(build_config(s, plan, history_speed=history_speed))
     coord._commit(RunStarted(0.0, engine="real"))
     if on_coordinator is not None:
         on_coordinator(coord)   # read-only access for observers (tests, progress)
