@@ -44,6 +44,7 @@ class BrowserProfile:
     # due while blocked leaves when the block ends (setInterval runs once, late).
     heartbeat_blocked_by_load: bool = False
     heartbeat_blocked_by_compute: bool = False
+    compute_cv: float | None = None   # this browser's run-to-run compute noise (None: the profile's)
     cpu_weight: float = 1.0       # CFS weight of its renderer vs a nice-0 process (Chromium renders at nice 5: ~0.33)
 
 

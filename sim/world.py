@@ -291,8 +291,10 @@ class SimWorld:
         ms *= self.background_factor(page.kind)
         if page.pressure:
             ms *= self.p.pressure_slowdown[page.pressure]
-        if self.p.compute_cv > 0:
-            ms *= float(self.rng["compute"].lognormal(0.0, self.p.compute_cv))
+        own = self.p.browsers[page.kind].compute_cv
+        cv = self.p.compute_cv if own is None else own
+        if cv > 0:
+            ms *= float(self.rng["compute"].lognormal(0.0, cv))
         return ms
 
     def _hop_overhead(self, page: Page) -> float:

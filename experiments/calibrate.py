@@ -1,0 +1,490 @@
+"""Fit the simulator's profile from stored runs' events (real runs, or sim runs in tests).
+
+Rules:
+- Inputs are events only (plus each run's scenario for its shard plan and settings): the
+  same code fits real runs and sim runs, so a test can check that a fit of sim-made events
+  recovers the profile that made them.
+- Compute: per (browser kind, backend), page-measured compute ms of warm, uncontended shard
+  runs ~ sum over operator classes of GFLOP_c * ms_per_GFLOP_c + run overhead, robust least
+  squares (soft-L1 on log residuals: host noise is multiplicative) with a prior toward the base
+  profile for classes the data cannot separate (ms_per_GFLOP = base * exp(theta), prior
+  residual PRIOR_WEIGHT[c] * sqrt(n) * theta). Samples are first normalised to an idle host by
+  the run's measured background load (host_background) and the renderer's CPU weight.
+- Hop: (SHARD_COMPLETED - SHARD_STARTED) - compute ~ per-kind intercept + bytes / bandwidth.
+- Loads: SHARD_LOADED ms ~ create + MB * per_mb (pooled), times a per-kind scale.
+- Launch: BROWSER_READY ms per kind (median, robust sd). Crash notice: FAULT_INJECTED ->
+  FAILURE_DETECTED of a browser_crash. Heartbeats: gaps outside shard loads, minus the
+  interval, kept as empirical quantiles. Warmup: first run of a shard in a page vs warm fit.
+  Contention: warm runs overlapping another page's compute -> effective host cores.
+- Parameters without data keep the base profile's value; residuals say which were fitted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Iterable
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from coordinator.settings import resolve
+from events.store import Store
+from models.partition import make_plan
+from shardtwin.errors import InputError
+from sim.profile import DEFAULT_PROFILE, BackendRate, Profile, background_factor
+
+CLASSES = ("matmul", "attention", "elementwise", "conv")
+RATE_FIELD = {"matmul": "matmul_gflops", "attention": "attention_gflops", "elementwise": "elementwise_gflops",
+              "conv": "conv_gflops"}
+# Prior weight on the log-deviation of a class's rate from the base profile. Matmul and attention
+# FLOPs vary independently across shards and sequence lengths (attention ~ seq^2): the data decide.
+# Elementwise FLOPs keep a near-fixed ratio to matmul inside a layer: not identifiable, the prior holds.
+PRIOR_WEIGHT = {"matmul": 0.01, "attention": 0.01, "elementwise": 0.5, "conv": 0.5}
+QUANTILES = 21           # heartbeat extra-delay quantiles kept in the profile
+WEIGHTS = (1.0, 0.7, 0.5, 0.33, 0.2, 0.1)   # renderer CPU weights tried (nice 0 .. ~nice 10)
+
+
+@lru_cache(maxsize=256)
+def _plan(model: str, shards: int, shard_type: str, batch: int, seq: int):
+    return make_plan(model, shards, shard_type, batch_size=batch, seq_len=seq)
+
+
+@dataclass
+class Sample:
+    run_id: str
+    kind: str
+    backend: str
+    gflops: dict[str, float]
+    nbytes: float
+    compute_ms: float
+    wall_ms: float
+    start_ms: float
+    end_ms: float
+    browser: str
+    first: bool = False
+    concurrent: int = 1          # pages computing at the same time, this one included
+    queued: bool = False         # another run of the same page overlapped its round trip (waited in the page)
+
+
+@dataclass
+class RunData:
+    run_id: str
+    scenario: Any
+    samples: list[Sample] = field(default_factory=list)
+    loads: list[tuple[str, float, float]] = field(default_factory=list)     # (kind, MB, ms)
+    launches: list[tuple[str, float]] = field(default_factory=list)
+    notices: list[tuple[str, float]] = field(default_factory=list)          # crash -> detected ms
+    gaps: list[tuple[str, float]] = field(default_factory=list)             # (kind, gap - interval)
+    load_beats: list[tuple[str, float]] = field(default_factory=list)       # (kind, beats per interval in load)
+    background: float | None = None    # cores busy outside the run while it ran (host_background)
+    busy_gaps: list[tuple[str, float]] = field(default_factory=list)        # gaps overlapping a shard run
+
+
+def kind_of(browser: str) -> str:
+    return browser.rsplit("-", 1)[0]
+
+
+def _events(store: Store, run_id: str) -> list[dict[str, Any]]:
+    return store.query("SELECT seq, t_ms, kind, request_id, shard, browser, attempt, value, detail FROM events"
+                       " WHERE run_id = ? ORDER BY seq", [run_id])
+
+
+def extract(store: Store, run_id: str) -> RunData:
+    """Everything the fit needs from one stored run."""
+    rec = store.run(run_id)
+    s = store.load_scenario(rec.scenario_hash)
+    interval = resolve(s.fault_tolerance_level, s.recovery_strategy, s.tolerance).heartbeat_interval_ms
+    base = _plan(s.model, s.shards, str(s.shard_type), s.workload.batch_size, s.workload.seq_len)
+    ev = _events(store, run_id)
+    data = RunData(run_id, s, background=background_of(store, run_id))
+    backend = {}
+    for e in ev:
+        if e["kind"] == "backend_fallback":
+            backend[e["browser"]] = json.loads(e["detail"]).get("got", str(s.backend))
+    shape: dict[int, tuple[int, int]] = {}
+    started: dict[tuple, float] = {}
+    warmed: set[tuple[str, int]] = set()
+    loading: dict[str, float] = {}
+    faults: list[tuple[str, float]] = []
+    for e in ev:
+        k, b, t = e["kind"], e["browser"], e["t_ms"]
+        if k == "request_submitted":
+            d = json.loads(e["detail"] or "{}")
+            shape[e["request_id"]] = (int(d.get("batch_size", s.workload.batch_size)),
+                                      int(d.get("seq_len", s.workload.seq_len)))
+        elif k == "shard_started":
+            started[(e["request_id"], e["shard"], e["attempt"], b)] = t
+        elif k == "shard_completed":
+            t0 = started.get((e["request_id"], e["shard"], e["attempt"], b))
+            if t0 is None or e["value"] is None:
+                continue
+            bsz, seq = shape.get(e["request_id"], (s.workload.batch_size, s.workload.seq_len))
+            spec = _plan(s.model, s.shards, str(s.shard_type), bsz, seq).shards[e["shard"]]
+            key = (b, e["shard"])
+            data.samples.append(Sample(
+                run_id, kind_of(b), backend.get(b, str(s.backend)),
+                {c: spec.flops_by_class.get(c, 0.0) / 1e9 for c in CLASSES},
+                float(spec.input_bytes + spec.output_bytes), float(e["value"]), t - t0,
+                t - float(e["value"]), t, b, first=key not in warmed))
+            warmed.add(key)
+        elif k == "shard_load_started":
+            loading[b] = t
+        elif k == "shard_loaded":
+            t0 = loading.pop(b, None)
+            if t0 is not None and t - t0 > 3 * interval:   # heartbeats in the load's last 70% (after fetch)
+                lo = t0 + 0.3 * (t - t0)
+                n = sum(1 for x in ev if x["kind"] == "heartbeat_received" and x["browser"] == b and lo < x["t_ms"] < t - 20)
+                data.load_beats.append((kind_of(b), n * interval / (0.7 * (t - t0))))
+            warmed.discard((b, e["shard"]))
+            if e["value"] is not None and e["value"] > 5.0 and t0 is not None:
+                data.loads.append((kind_of(b), float(base.shards[e["shard"]].weight_mb), float(e["value"])))
+        elif k == "browser_ready":
+            if e["value"] is not None:
+                data.launches.append((kind_of(b), float(e["value"])))
+            warmed -= {w for w in warmed if w[0] == b}
+        if k == "fault_injected" and b and json.loads(e["detail"] or "{}").get("fault") == "browser_crash":
+            faults.append((b, t))
+        elif k == "failure_detected" and faults and faults[-1][0] == b:
+            data.notices.append((kind_of(b), t - faults.pop()[1]))
+    _mark_concurrency(data.samples)
+    from experiments.timeouts import classify_gaps
+    gaps = classify_gaps(ev)
+    data.gaps = [("", g - interval) for g in gaps["idle"]]
+    data.busy_gaps = [("", g - interval) for g in gaps["load"]]
+    return data
+
+
+def _mark_concurrency(samples: list[Sample]) -> None:
+    """Count the other pages computing during at least half of each sample's compute."""
+    for a in samples:
+        dur = max(a.end_ms - a.start_ms, 1e-6)
+        others = {o.browser for o in samples if o.browser != a.browser
+                  and min(a.end_ms, o.end_ms) - max(a.start_ms, o.start_ms) >= 0.5 * dur}
+        a.concurrent = 1 + len(others)
+        a.queued = any(o is not a and o.browser == a.browser and o.end_ms > a.end_ms - a.wall_ms
+                       and o.end_ms - o.wall_ms < a.end_ms for o in samples)
+
+
+# --- fits --------------------------------------------------------------------------
+
+def _robust_linear(X: np.ndarray, y: np.ndarray, x0: np.ndarray, scale: float) -> np.ndarray:
+    res = least_squares(lambda p: (X @ p - y) / scale, x0, loss="soft_l1", f_scale=1.0)
+    return res.x
+
+
+def fit_compute(samples: list[Sample], base: BackendRate) -> tuple[BackendRate, dict[str, Any]]:
+    """ms = sum_c GFLOP_c * k_c + overhead over warm uncontended samples (see module rules)."""
+    if not samples:
+        return base, {"n": 0, "fitted": False}
+    G = np.array([[s.gflops[c] for c in CLASSES] for s in samples])
+    y = np.array([s.compute_ms for s in samples])
+    k0 = np.array([1000.0 / getattr(base, RATE_FIELD[c]) for c in CLASSES])
+    active = G.max(axis=0) > 0
+
+    weight = np.array([PRIOR_WEIGHT[c] for c in CLASSES])[active]
+
+    def resid(p: np.ndarray) -> np.ndarray:
+        # multiplicative noise (host load stretches a run): relative residuals, robust loss
+        k = k0 * np.exp(p[:-1])
+        data = np.log(np.maximum(G @ k + p[-1], 1e-6)) - np.log(y)
+        prior = weight * math.sqrt(len(y)) * p[:-1][active]
+        return np.concatenate([data, prior])
+    lo = np.concatenate([np.full(len(CLASSES), -8.0), [0.0]])
+    hi = np.concatenate([np.full(len(CLASSES), 8.0), [max(float(np.min(y)), 1.0)]])
+    p0 = np.concatenate([np.zeros(len(CLASSES)), [min(base.run_overhead_ms, 0.5 * hi[-1])]])
+    p = least_squares(resid, p0, bounds=(lo, hi), loss="soft_l1", f_scale=0.1).x
+    k = k0 * np.exp(p[:-1])
+    pred = G @ k + p[-1]
+    rate = dataclasses.replace(base, run_overhead_ms=float(p[-1]),
+                               **{RATE_FIELD[c]: float(1000.0 / k[i]) for i, c in enumerate(CLASSES)})
+    lr = np.log(y / pred)
+    runs = np.array([s.run_id for s in samples])
+    per_run = {r: float(np.median(lr[runs == r])) for r in set(runs)}
+    within = lr - np.array([per_run[r] for r in runs])
+    return rate, {"n": len(y), "fitted": True, **_residual_stats(y, pred),
+                  "fitted_classes": [c for c, a in zip(CLASSES, active) if a],
+                  "log_ratio_sd": float(np.std(within)) if len(y) > 1 else 0.0,
+                  "run_to_run_sd": float(np.std(list(per_run.values()))) if len(per_run) > 1 else 0.0,
+                  "per_run_median_ratio": {r: math.exp(v) for r, v in sorted(per_run.items())}}
+
+
+def _residual_stats(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    r = y - pred
+    ss = float(np.sum((y - y.mean()) ** 2))
+    return {"rmse_ms": float(np.sqrt(np.mean(r ** 2))), "median_abs_pct": float(np.median(np.abs(r) / y) * 100),
+            "r2": 1.0 - float(np.sum(r ** 2)) / ss if ss > 0 else 1.0}
+
+
+def predict_compute(rate: BackendRate, s: Sample) -> float:
+    return sum(s.gflops[c] * 1000.0 / getattr(rate, RATE_FIELD[c]) for c in CLASSES) + rate.run_overhead_ms
+
+
+def fit_hops(samples: list[Sample], link_latency_ms: float) -> tuple[dict[str, float], float, dict[str, Any]]:
+    """Per-kind round-trip overhead and a shared bandwidth from wall - compute vs bytes."""
+    kinds = sorted({s.kind for s in samples})
+    if not samples:
+        return {}, 0.0, {"n": 0, "fitted": False}
+    X = np.array([[1.0 if s.kind == k else 0.0 for k in kinds] + [s.nbytes / 1e6] for s in samples])
+    y = np.array([max(s.wall_ms - s.compute_ms, 0.0) for s in samples])
+    scale = max(float(np.median(y)) * 0.1, 0.2)
+    p = _robust_linear(X, y, np.concatenate([np.full(len(kinds), float(np.median(y))), [1.0]]), scale)
+    ms_per_mb = max(float(p[-1]), 1e-3)
+    over = {k: max(float(p[i]) - 2 * link_latency_ms, 0.0) for i, k in enumerate(kinds)}
+    pred = X[:, :-1] @ p[:-1] + X[:, -1] * ms_per_mb
+    return over, 1000.0 / ms_per_mb, {"n": len(y), "fitted": True, **_residual_stats(np.maximum(y, 1e-3), pred),
+                                      "ms_per_mb": ms_per_mb, "median_hop_ms": float(np.median(y))}
+
+
+def fit_loads(loads: list[tuple[str, float, float]], link_latency_ms: float) -> tuple[float, float, dict[str, float], dict]:
+    if not loads:
+        return math.nan, math.nan, {}, {"n": 0, "fitted": False}
+    mb = np.array([x[1] for x in loads])
+    y = np.array([x[2] for x in loads]) - 2 * link_latency_ms
+    if len(set(np.round(mb, 3))) >= 2:
+        a, b = _robust_linear(np.column_stack([np.ones_like(mb), mb]), y, np.array([np.median(y), 1.0]),
+                              max(float(np.median(y)) * 0.1, 1.0))
+    else:
+        a, b = float(np.median(y)) * 0.5, float(np.median(y)) * 0.5 / max(float(mb[0]), 1e-6)
+    a, b = max(float(a), 0.0), max(float(b), 0.0)
+    scale = {k: float(np.median([ys / (a + b * m) for (kk, m, _), ys in zip(loads, y) if kk == k and a + b * m > 0]))
+             for k in sorted({x[0] for x in loads})}
+    pred = np.array([scale[k] * (a + b * m) for k, m, _ in loads])
+    return a, b, scale, {"n": len(y), "fitted": True, **_residual_stats(np.maximum(y, 1e-3), pred)}
+
+
+def _robust_sd(x: np.ndarray) -> float:
+    return float(1.4826 * np.median(np.abs(x - np.median(x)))) if len(x) > 1 else 0.0
+
+
+# --- the whole profile ---------------------------------------------------------------
+
+def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: str = "calibrated",
+                version: int = 1, main_thread: bool = True) -> Profile:
+    """The base profile with every parameter the runs inform refitted; `main_thread`: the pages send
+    heartbeats from the thread that loads and runs shards (true of the real worker page)."""
+    runs = list(data)
+    if not any(r.samples for r in runs):
+        raise InputError("no shard runs in the given runs: nothing to calibrate from "
+                         "(run `shardtwin calibrate --collect` or give runs that served requests)")
+    samples = [s for r in runs for s in r.samples]
+    residuals: dict[str, Any] = {}
+    browsers = dict(base.browsers)
+    known_bg = [r.background for r in runs if r.background is not None]
+    bg = {r.run_id: (r.background if r.background is not None else base.background_cores) for r in runs}
+    cores = base.host_cores
+    # compute rates per (kind, backend), on samples normalised to an idle host; the renderer's CPU
+    # weight is chosen (grid) so that runs under different background load agree best
+    fitted_rates: dict[tuple[str, str], BackendRate] = {}
+    weight: dict[str, float] = {}
+    for kind, backend in sorted({(s.kind, s.backend) for s in samples}):
+        if kind not in browsers:
+            continue
+        sub = [s for s in samples if s.kind == kind and s.backend == backend and not s.first]
+        sub = [s for s in sub if s.concurrent == 1] or sub
+        best = None
+        for w in (WEIGHTS if known_bg else (browsers[kind].cpu_weight,)):
+            scaled = [dataclasses.replace(s, compute_ms=s.compute_ms / background_factor(cores, w, bg[s.run_id]))
+                      for s in sub]
+            rate, res = fit_compute(scaled, base.rate(kind, backend))
+            if best is None or res.get("median_abs_pct", 0) < best[2].get("median_abs_pct", 0):
+                best = (w, rate, res)
+        weight[kind], fitted_rates[(kind, backend)] = best[0], best[1]
+        residuals[f"compute.{kind}.{backend}"] = {**best[2], "cpu_weight": best[0]}
+    cv = [r["log_ratio_sd"] for k, r in residuals.items() if k.startswith("compute.") and r.get("n", 0) > 2]
+
+    def predicted(s: Sample) -> float:
+        return predict_compute(fitted_rates[(s.kind, s.backend)], s) * background_factor(
+            cores, weight.get(s.kind, 1.0), bg[s.run_id])
+    # warmup and contention relative to the warm fit
+    warm: dict[str, float] = {}
+    eff: list[float] = []
+    for kind in sorted({s.kind for s in samples}):
+        firsts = [s.compute_ms / predicted(s) for s in samples
+                  if s.kind == kind and s.first and (s.kind, s.backend) in fitted_rates]
+        if firsts:
+            warm[kind] = max(float(np.median(firsts)), 1.0)
+    for s in samples:
+        if s.concurrent > 1 and not s.first and (s.kind, s.backend) in fitted_rates:
+            threads = fitted_rates[(s.kind, s.backend)].threads
+            eff.append(s.concurrent * threads / max(s.compute_ms / predicted(s), 1e-6))
+    residuals["contention"] = {"n": len(eff), "effective_cores_for_our_pages": float(np.median(eff)) if eff else None,
+                               "background_cores_per_run": {r.run_id: r.background for r in runs}}
+    # hops, loads, launches, notices
+    hop_samples = [dataclasses.replace(s, wall_ms=s.compute_ms + (s.wall_ms - s.compute_ms)
+                                       / background_factor(cores, 1.0, bg[s.run_id]))
+                   for s in samples if not s.first and not s.queued]
+    over, mb_s, residuals["hop"] = fit_hops(hop_samples, base.link_latency_ms)
+    create, per_mb, load_scale, residuals["load"] = fit_loads([x for r in runs for x in r.loads], base.link_latency_ms)
+    launches = defaultdict(list)
+    for r in runs:
+        for k, ms in r.launches:
+            launches[k].append(ms)
+    notices = defaultdict(list)
+    for r in runs:
+        for k, ms in r.notices:
+            notices[k].append(ms)
+    for kind, bp in list(browsers.items()):
+        ch: dict[str, Any] = {}
+        backends = dict(bp.backends)
+        for (k, be), rate in fitted_rates.items():
+            if k == kind:
+                backends[be] = rate
+        ch["backends"] = backends
+        if kind in over:
+            ch["hop_overhead_ms"] = over[kind]
+        if kind in load_scale:
+            ch["load_scale"] = load_scale[kind]
+        if kind in warm:
+            ch["warmup_factor"] = warm[kind]
+        if kind in weight:
+            ch["cpu_weight"] = weight[kind]
+        own_cv = [r["log_ratio_sd"] for k, r in residuals.items() if k.startswith(f"compute.{kind}.") and r.get("n", 0) > 2]
+        if own_cv:
+            ch["compute_cv"] = float(np.median(own_cv))
+        if launches.get(kind):
+            x = np.array(launches[kind])
+            ch["launch_ms"], ch["launch_sd_ms"] = float(np.median(x)), _robust_sd(x)
+            residuals[f"launch.{kind}"] = {"n": len(x), "median_ms": float(np.median(x)), "sd_ms": ch["launch_sd_ms"]}
+        beats = [x for r in runs for k, x in r.load_beats if k == kind]
+        if main_thread and beats:
+            ch["heartbeat_blocked_by_load"] = float(np.median(beats)) < 0.25
+            residuals[f"load_heartbeats.{kind}"] = {"n": len(beats), "beats_per_interval": float(np.median(beats))}
+        if main_thread:
+            ch["heartbeat_blocked_by_compute"] = True
+        if notices.get(kind):
+            n = float(np.median(notices[kind]))
+            ch["close_notice_ms"] = ch["exit_notice_ms"] = n
+            residuals[f"crash_notice.{kind}"] = {"n": len(notices[kind]), "median_ms": n}
+        browsers[kind] = dataclasses.replace(bp, **ch)
+    gaps = np.array([g for r in runs for _, g in r.gaps])   # idle: runs and loads are modelled apart
+    if len(gaps) < 20:
+        gaps = np.array([g for r in runs for _, g in [*r.gaps, *r.busy_gaps]])
+    changes: dict[str, Any] = {}
+    if len(gaps) >= 5:
+        q = np.quantile(gaps, np.linspace(0, 1, QUANTILES))
+        pos = gaps[gaps > 0.5]
+        changes["heartbeat_extra_quantiles"] = tuple(float(v) for v in q)
+        if len(pos) >= 3:
+            changes["heartbeat_extra_ms"] = float(np.median(pos))
+            changes["heartbeat_sigma"] = float(max(np.std(np.log(pos)), 0.05))
+        residuals["heartbeat"] = {"n": int(len(gaps)), "fitted": True, "extra_p50_ms": float(np.median(gaps)),
+                                  "extra_p99_ms": float(np.quantile(gaps, 0.99)), "extra_max_ms": float(gaps.max())}
+    else:
+        residuals["heartbeat"] = {"n": int(len(gaps)), "fitted": False}
+    if not math.isnan(create):
+        changes.update(session_create_ms=create, session_create_ms_per_mb=per_mb, fetch_ms_per_mb=0.0)
+    if residuals["hop"].get("fitted"):
+        changes["link_mb_per_s"] = mb_s
+    if cv:
+        changes["compute_cv"] = float(np.median(cv))
+    run_ids = tuple(r.run_id for r in runs)
+    return dataclasses.replace(
+        base, name=name, version=version, calibrated=True, browsers=browsers,
+        background_cores=float(np.median(known_bg)) if known_bg else base.background_cores,
+        source_runs=run_ids, residuals=residuals,
+        notes=f"fitted by shardtwin calibrate from {len(run_ids)} run(s), {len(samples)} shard runs; "
+              "load fetch+create per MB pooled into session_create_ms_per_mb", **changes)
+
+
+def calibrate(store: Store, run_ids: list[str] | None = None, base: Profile = DEFAULT_PROFILE,
+              name: str = "calibrated", source: str = "real") -> Profile:
+    """Fit from the given runs (default: every finished run of `source`), store it versioned."""
+    if not run_ids:
+        run_ids = [r.run_id for r in store.runs(source=source, status="finished")]
+    if not run_ids:
+        raise InputError(f"no finished {source} runs in {store.path}; run `shardtwin calibrate --collect` first")
+    version = store.query("SELECT coalesce(max(version), 0) + 1 AS v FROM profiles WHERE name = ?", [name])[0]["v"]
+    prof = fit_profile([extract(store, r) for r in run_ids], base, name, int(version), main_thread=source == "real")
+    store.save_profile(name, prof.to_dict(), prof.residuals, version=prof.version)
+    return prof
+
+
+# --- host background load (processes outside the run) -----------------------------------
+
+HOST_TABLE = """CREATE TABLE IF NOT EXISTS host_background (run_id VARCHAR PRIMARY KEY, background_cores DOUBLE,
+  samples INTEGER)"""
+
+
+class BackgroundSampler:
+    """Cores busy outside this process tree (other users, their browsers) while a real run goes on.
+
+    Every `every_s`: busy CPU of the whole host (psutil.cpu_times) minus the CPU our process and
+    its descendants (coordinator, Playwright, browsers) used in the same interval."""
+
+    def __init__(self, every_s: float = 0.5) -> None:
+        import threading
+        self.every_s, self.values = every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _busy() -> float:
+        import psutil
+        t = psutil.cpu_times()
+        return t.user + t.system + getattr(t, "nice", 0) + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+
+    def _ours(self, seen: dict[int, float]) -> float:
+        import psutil
+        me = psutil.Process()
+        used = 0.0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                c = p.cpu_times()
+                tot = c.user + c.system
+            except psutil.Error:
+                continue
+            prev = seen.get(p.pid)
+            used += tot - (prev if prev is not None else 0.0)   # a new process: all of its CPU is new
+            seen[p.pid] = tot
+        return used
+
+    def _loop(self) -> None:
+        import time
+        seen: dict[int, float] = {}
+        self._ours(seen)
+        busy0, t0 = self._busy(), time.monotonic()
+        while not self._stop.wait(self.every_s):
+            busy, t = self._busy(), time.monotonic()
+            ours = self._ours(seen)
+            self.values.append(max(0.0, (busy - busy0) - ours) / max(t - t0, 1e-6))
+            busy0, t0 = busy, t
+
+    def __enter__(self) -> "BackgroundSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.values)) if self.values else None
+
+
+def save_background(store: Store, run_id: str, sampler: BackgroundSampler) -> None:
+    store.con.execute(HOST_TABLE)
+    if sampler.mean is not None:
+        store.con.execute("INSERT OR REPLACE INTO host_background VALUES (?, ?, ?)",
+                          [run_id, sampler.mean, len(sampler.values)])
+
+
+def background_of(store: Store, run_id: str) -> float | None:
+    store.con.execute(HOST_TABLE)
+    row = store.con.execute("SELECT background_cores FROM host_background WHERE run_id = ?", [run_id]).fetchone()
+    return None if row is None else float(row[0])
+
+
+def real_with_background(scenario, db: str, timeout_s: float = 600.0) -> tuple[dict, float | None]:
+    """shardtwin real + the host's background load during it (stored in host_background)."""
+    from experiments.cmd_real import real_and_store
+    with BackgroundSampler() as smp:
+        res = real_and_store(scenario, db, timeout_s=timeout_s)
+    with Store(db) as store:
+        save_background(store, res["run_id"], smp)
+    return res, smp.mean

@@ -1,0 +1,185 @@
+"""`shardtwin validate`, `shardtwin calibrate`, `shardtwin timeouts`: prediction vs reality.
+
+Rules: validate states its tolerance before anything runs, runs the same scenario (one
+hash) for real and in the simulator, compares the stored events with SQL
+(experiments.validate) and exits 0 only inside tolerance (1 otherwise). calibrate fits a
+versioned profile from stored runs (experiments.calibrate); --collect runs the built-in
+micro-suite first. timeouts: see experiments.timeouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from events.store import DEFAULT_DB_PATH, Store
+from experiments.flags import add_scenario_flags, scenario_from_args
+from shardtwin.errors import InputError
+
+# The calibration micro-suite (real, wasm): what the fit needs, in <= ~5 minutes on 2 cores.
+_IT = lambda n, seq: {"kind": "iterations", "iterations": n, "batch_size": 1, "seq_len": seq}  # noqa: E731
+COLLECT_SUITE = (
+    {"name": "cal: minilm 2 layer", "model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer",
+     "browsers": ["chromium", "firefox"], "workload": _IT(12, 32)},
+    {"name": "cal: minilm 1 chromium seq128", "model": "all-MiniLM-L6-v2", "shards": 1, "shard_type": "layer",
+     "browsers": ["chromium"], "workload": _IT(8, 128)},
+    {"name": "cal: minilm 1 firefox seq128", "model": "all-MiniLM-L6-v2", "shards": 1, "shard_type": "layer",
+     "browsers": ["firefox"], "workload": _IT(8, 128)},
+    {"name": "cal: minilm 3 attention_feedforward", "model": "all-MiniLM-L6-v2", "shards": 3,
+     "shard_type": "attention_feedforward", "browsers": ["firefox", "chromium", "firefox"], "workload": _IT(8, 64)},
+    {"name": "cal: bert 2 layer", "model": "bert-base-uncased", "shards": 2, "shard_type": "layer",
+     "browsers": ["chromium", "firefox"], "workload": _IT(6, 32)},
+    {"name": "cal: minilm 2 layer closed loop x2 (contention)", "model": "all-MiniLM-L6-v2", "shards": 2,
+     "shard_type": "layer", "browsers": ["firefox", "chromium"],
+     "workload": {"kind": "closed_loop", "concurrency": 2, "duration_s": 4.0, "batch_size": 1, "seq_len": 64}},
+    {"name": "cal: minilm 2 layer crash + restart", "model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer",
+     "browsers": ["chromium", "firefox"], "fault_tolerance_level": "low", "workload": _IT(10, 32),
+     "faults": [{"type": "browser_crash", "at_ms": 800.0, "browser": "firefox"}]},
+)
+COLLECT_BUDGET_S = 280.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="run a scenario for real and in sim, compare with SQL, pass/fail")
+    add_scenario_flags(p)
+    p.add_argument("--profile", metavar="P", help="profile file or stored profile name (default: built-in)")
+    p.add_argument("--tol-median", type=float, default=5.0, metavar="PCT")
+    p.add_argument("--tol-p95", type=float, default=10.0, metavar="PCT")
+    p.add_argument("--tol-recovery", type=float, default=15.0, metavar="PCT")
+    p.add_argument("--tol-outcome", type=float, default=100.0, metavar="PCT", help="minimum outcome agreement")
+    p.add_argument("--db", default=str(DEFAULT_DB_PATH), metavar="PATH")
+    p.add_argument("--report", metavar="DIR", help="write PNG plots and index.html here")
+    p.add_argument("--runs", nargs=2, metavar=("REAL_RUN", "SIM_RUN"), help="compare two stored runs, run nothing")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="real run limit")
+    p.add_argument("--json", action="store_true", help="print the comparison JSON after the table")
+    p.add_argument("--no-host-load", action="store_true",
+                   help="do not tell the simulator the host's measured background load during the real run")
+    p.set_defaults(func=cmd_validate)
+
+    c = sub.add_parser("calibrate", help="fit a simulator profile from real runs' events")
+    c.add_argument("--db", default=str(DEFAULT_DB_PATH), metavar="PATH")
+    c.add_argument("--runs", nargs="+", metavar="RUN_ID", help="runs to fit from (default: all finished real runs)")
+    c.add_argument("-o", "--output", metavar="FILE", help="also write the profile JSON here")
+    c.add_argument("--name", default="calibrated", help="stored profile name (versioned)")
+    c.add_argument("--base", metavar="FILE", help="profile for parameters without data (default: built-in)")
+    c.add_argument("--collect", action="store_true", help="first run the built-in real micro-suite (<= ~5 min)")
+    c.set_defaults(func=cmd_calibrate)
+
+    from experiments.timeouts import register as register_timeouts
+    register_timeouts(sub)
+
+
+def resolve_profile(spec: str | None, db: str):
+    """A profile from a file path, a stored profile name (latest version) or the default."""
+    from sim.profile import DEFAULT_PROFILE, load_profile, profile_from_dict
+    if spec is None:
+        return DEFAULT_PROFILE
+    if Path(spec).is_file():
+        return load_profile(spec)
+    name, _, ver = spec.partition("@")
+    with Store(db) as store:
+        return profile_from_dict(store.load_profile(name, int(ver) if ver else None).data)
+
+
+def run_pair(scenario, profile, db: str, timeout_s: float = 600.0, condition: bool = True,
+             out=sys.stdout.write) -> tuple[str, str]:
+    """Run `scenario` for real (sampling the host's background load), then in sim with `profile`
+    (told that background load when `condition`); the two run ids."""
+    import dataclasses
+    from experiments.calibrate import real_with_background
+    from experiments.cmd_sim import simulate_and_store
+    out(f"scenario: {scenario.name or scenario.model}; profile: {profile.name} v{profile.version} "
+        f"(calibrated: {str(profile.calibrated).lower()})\n")
+    sys.stdout.flush()
+    res, bg = real_with_background(scenario, db, timeout_s)
+    if condition and bg is not None:
+        out(f"host background load during the real run: {bg:.2f} cores busy outside it (the sim is told; "
+            f"profile average {profile.background_cores:.2f})\n")
+        profile = dataclasses.replace(profile, background_cores=bg)
+    sim_id = simulate_and_store(scenario, profile, db)["run_id"]
+    return res["run_id"], sim_id
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from experiments.validate import Tolerance, compare, format_table
+    tol = Tolerance(args.tol_median, args.tol_p95, args.tol_recovery, args.tol_outcome)
+    out = sys.stdout.write
+    out(tol.describe() + "\n")
+    if args.runs:
+        real_id, sim_id = args.runs
+    else:
+        real_id, sim_id = run_pair(scenario_from_args(args), resolve_profile(args.profile, args.db), args.db,
+                                   args.timeout, condition=not args.no_host_load, out=out)
+    with Store(args.db) as store:
+        cmp = compare(store.con, real_id, sim_id, tol)
+        out(f"real run {real_id} vs sim run {sim_id}\n")
+        out(format_table(cmp) + "\n")
+        for m in cmp.outcome_mismatches[:10]:
+            out(f"  outcome differs for request {m['request_id']}: real {m['real_outcome']} ({m['real_reason']}), "
+                f"sim {m['sim_outcome']} ({m['sim_reason']})\n")
+        if args.report:
+            from experiments.report import write_report
+            index = write_report(store.con, cmp, args.report)
+            out(f"report: {index}\n")
+    out(f"validation {'PASSED' if cmp.passed else 'FAILED'}: "
+        + ", ".join(f"{k} {'ok' if v else 'miss'}" for k, v in cmp.checks.items()) + "\n")
+    if args.json:
+        out(json.dumps(cmp.to_dict(), indent=2, default=str) + "\n")
+    return 0 if cmp.passed else 1
+
+
+def collect(db: str, suite=COLLECT_SUITE, budget_s: float = COLLECT_BUDGET_S, out=sys.stdout.write) -> list[str]:
+    """Run the micro-suite for real (sequentially: <= 3 browsers at once); the run ids that finished."""
+    from events.scenario import parse_scenario
+    from experiments.calibrate import real_with_background
+    t0, ids = time.monotonic(), []
+    for spec in suite:
+        left = budget_s - (time.monotonic() - t0)
+        if left < 20:
+            out(f"collect: time budget spent, skipping {spec['name']!r}\n")
+            continue
+        res, bg = real_with_background(parse_scenario({"backend": "wasm", **spec}), db, timeout_s=max(left, 30.0))
+        ok = res["requests"]["lost"] == 0 and not res.get("aborted")
+        out(f"collect: {spec['name']}: run {res['run_id']}, {res['requests']['completed']} completed, "
+            f"background {bg or 0:.2f} cores, {time.monotonic() - t0:.0f} s so far{'' if ok else ' (NOT used: aborted or lost requests)'}\n")
+        sys.stdout.flush()
+        if ok:
+            ids.append(res["run_id"])
+    return ids
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from experiments.calibrate import calibrate
+    from experiments.runner import write_json_atomic
+    from sim.profile import DEFAULT_PROFILE, load_profile
+    base = load_profile(args.base) if args.base else DEFAULT_PROFILE
+    runs = list(args.runs or [])
+    if args.collect:
+        runs += collect(args.db)
+        if not runs:
+            raise InputError("the collection suite produced no usable run")
+    with Store(args.db) as store:
+        prof = calibrate(store, runs or None, base, args.name)
+    if args.output:
+        write_json_atomic(args.output, prof.to_dict())
+    out = sys.stdout.write
+    out(f"profile {prof.name} v{prof.version} (calibrated: true) from {len(prof.source_runs)} run(s), stored in "
+        f"{args.db}{' and ' + args.output if args.output else ''}\n")
+    for kind, bp in sorted(prof.browsers.items()):
+        r = prof.residuals.get(f"compute.{kind}.wasm")
+        if r is None:
+            continue
+        w = bp.backends["wasm"]
+        out(f"  {kind} wasm: matmul {w.matmul_gflops:.1f} GFLOPS, attention {w.attention_gflops:.1f}, elementwise "
+            f"{w.elementwise_gflops:.2f}, overhead {w.run_overhead_ms:.1f} ms/run (n={r['n']}, rmse "
+            f"{r.get('rmse_ms', 0):.1f} ms, median |err| {r.get('median_abs_pct', 0):.1f}%); hop "
+            f"{bp.hop_overhead_ms:.1f} ms, warmup x{bp.warmup_factor:.2f}, cpu weight {bp.cpu_weight:.2f}, launch {bp.launch_ms:.0f}"
+            f"+-{bp.launch_sd_ms:.0f} ms, load x{bp.load_scale:.2f}, crash notice {bp.close_notice_ms:.0f} ms\n")
+    out(f"  link {prof.link_mb_per_s:.0f} MB/s; load {prof.session_create_ms:.0f} ms + "
+        f"{prof.session_create_ms_per_mb:.1f} ms/MB; background {prof.background_cores:.2f} cores; "
+        f"compute cv {prof.compute_cv:.3f}; heartbeat extra p50 "
+        f"{prof.residuals.get('heartbeat', {}).get('extra_p50_ms', float('nan')):.1f} ms\n")
+    return 0
