@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import os
 import shutil
 import signal
@@ -34,6 +35,8 @@ def no_leftover_browsers():
     for pid in leftovers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    for d in glob.glob(browsers.MARKER_PREFIX + "*"):  # profiles of browsers whose parent was kill -9'd
+        shutil.rmtree(d, ignore_errors=True)
     browsers.MARKER_PREFIX = original
     assert not leftovers, f"browser processes left behind: {leftovers}"
 
