@@ -177,7 +177,8 @@ def candidates(level: FaultToleranceLevel, extra: dict[str, list[float]], reques
         grid = [dataclasses.replace(base, heartbeat_interval_ms=h, detector="fixed", detector_timeout_ms=h * m,
                                     request_timeout_ms=rt) for m in TIMEOUT_MULTIPLES]
         grid += [dataclasses.replace(base, heartbeat_interval_ms=h, detector="phi", phi_threshold=ph,
-                                     detector_timeout_ms=h * 10, request_timeout_ms=rt) for ph in PHI_THRESHOLDS]
+                                     detector_timeout_ms=max(min(h * 10, rt * 0.9), h * 1.01), request_timeout_ms=rt)
+                 for ph in PHI_THRESHOLDS]
         for s in grid:
             try:
                 check(s)
@@ -198,24 +199,33 @@ def candidates(level: FaultToleranceLevel, extra: dict[str, list[float]], reques
 
 def sweep_scenarios(model: str = "all-MiniLM-L6-v2") -> list[dict[str, Any]]:
     base = {"model": model, "shards": 2, "shard_type": "layer", "browsers": ["chromium", "firefox"], "backend": "wasm",
-            "workload": {"kind": "iterations", "iterations": 20, "batch_size": 1, "seq_len": 32}}
-    return [{**base, "name": "crash", "faults": [{"type": "browser_crash", "at_ms": 1500.0, "browser": "firefox"}]},
-            {**base, "name": "hang", "faults": [{"type": "hang", "at_ms": 1500.0, "browser": "firefox"}]}]
+            "workload": {"kind": "closed_loop", "concurrency": 1, "duration_s": 12.0, "batch_size": 1, "seq_len": 32}}
+    return [{**base, "name": "crash", "faults": [{"type": "browser_crash", "at_ms": 1000.0, "browser": "firefox"}]},
+            {**base, "name": "hang", "faults": [{"type": "hang", "at_ms": 1000.0, "browser": "firefox"}]}]
+
+
+def tolerance_of(settings: Settings) -> dict[str, Any]:
+    """The scenario tolerance overrides that select `settings`' detector."""
+    tol = {"heartbeat_interval_ms": settings.heartbeat_interval_ms, "detector": settings.detector,
+           "detector_timeout_ms": settings.detector_timeout_ms, "request_timeout_ms": settings.request_timeout_ms}
+    if settings.detector == "phi":
+        tol["phi_threshold"] = settings.phi_threshold
+    return tol
 
 
 def sim_outage(settings: Settings, strategy: RecoveryStrategy, profile, scenarios: list[dict]) -> dict[str, Any]:
     from events.metrics import fault_timeline
     from events.scenario import parse_scenario
     from sim.run import run_scenario
-    tol = {"heartbeat_interval_ms": settings.heartbeat_interval_ms, "detector": settings.detector,
-           "detector_timeout_ms": settings.detector_timeout_ms, "phi_threshold": settings.phi_threshold,
-           "request_timeout_ms": settings.request_timeout_ms}
+    tol = tolerance_of(settings)
     outages, detections, failed = [], [], 0
     for spec in scenarios:
         s = parse_scenario({**spec, "fault_tolerance_level": str(settings.level), "recovery_strategy": str(strategy),
                             "tolerance": tol})
         run = run_scenario(s, profile)
-        for f in fault_timeline(run.log):
+        timeline = fault_timeline(run.log)
+        failed += 0 if timeline else 1          # the fault never met a live target
+        for f in timeline:
             if f["outage_ms"] is None or not f["recovered"]:
                 failed += 1
             else:
@@ -228,13 +238,17 @@ def sim_outage(settings: Settings, strategy: RecoveryStrategy, profile, scenario
 
 
 def recommend(extra: dict[str, list[float]], budget_per_h: float, profile, levels: list[FaultToleranceLevel],
-              out=sys.stdout.write) -> dict[str, Any]:
+              out=None, intervals=INTERVALS_MS, strategies=STRATEGIES,
+              request_timeout_ms: float | None = None) -> dict[str, Any]:
+    out = out or sys.stdout.write
     recs: dict[str, Any] = {}
     scenarios = sweep_scenarios()
     for level in levels:
         if level == FaultToleranceLevel.NONE:
             continue
-        cands, refused = candidates(level, extra)
+        cands, refused = candidates(level, extra, request_timeout_ms, intervals=intervals)
+        for reason in sorted(set(refused))[:3]:
+            out(f"  {level}: refused: {reason}\n")
         ok = [c for c in cands if c.worst_rate <= budget_per_h]
         if not ok:
             recs[str(level)] = {"error": f"no setting meets {budget_per_h:g} false suspicions/hour"}
@@ -247,7 +261,7 @@ def recommend(extra: dict[str, list[float]], budget_per_h: float, profile, level
                 best[key] = c
         trials = []
         for c in best.values():
-            for strat in STRATEGIES:
+            for strat in strategies:
                 r = sim_outage(c.settings, strat, profile, scenarios)
                 trials.append((r["failed"], r["mean_outage_ms"], -c.settings.heartbeat_interval_ms, c, strat, r))
         trials.sort(key=lambda x: x[:3])
@@ -305,8 +319,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", nargs="+", metavar="RUN_ID", help="runs to take heartbeat gaps from (default: all real)")
     p.add_argument("--collect", action="store_true", help="measure gaps in real runs first (idle, load, pressure)")
     p.add_argument("--verify", action="store_true", help="run the recommendation for real (crash + hang) and check")
+    p.add_argument("--request-timeout", type=float, metavar="SECONDS", help="request timeout the settings must stay under "
+                   "(default: the level's)")
+    p.add_argument("--check", action="append", metavar="HB_MS:TIMEOUT_MS",
+                   help="evaluate a fixed-timeout setting (or see why it is refused); repeat for more")
     p.add_argument("-o", "--output", metavar="FILE", help="write the recommendation JSON here")
     p.set_defaults(func=cmd_timeouts)
+
+
+def check_setting(spec: str, extra: dict[str, list[float]], level: FaultToleranceLevel,
+                  request_timeout_ms: float | None = None) -> str:
+    """One line: the QoS of a fixed-timeout setting 'HB_MS:TIMEOUT_MS', or why it is refused."""
+    try:
+        hb, t = (float(x) for x in spec.split(":"))
+    except ValueError:
+        raise InputError(f"--check {spec!r}: expected HB_MS:TIMEOUT_MS, e.g. 200:1000") from None
+    s = dataclasses.replace(LEVELS[level], heartbeat_interval_ms=hb, detector="fixed", detector_timeout_ms=t,
+                            request_timeout_ms=request_timeout_ms or LEVELS[level].request_timeout_ms)
+    try:
+        check(s)
+    except ConfigError as exc:
+        return f"{spec}: refused: {exc}"
+    parts = []
+    for c, ex in extra.items():
+        if len(ex) >= 5:
+            q = qos([max(hb + x, 1.0) for x in ex], t)
+            parts.append(f"{c} {q.mistake_rate_per_h:.3g} false/h, detection {q.detection_ms:.0f} ms")
+    return f"{spec}: " + "; ".join(parts)
 
 
 def _profile(spec: str | None, db: str):
@@ -334,9 +373,12 @@ def cmd_timeouts(args: argparse.Namespace) -> int:
         for c, v in extra.items() if v) + "\n")
     profile = _profile(args.profile, args.db)
     levels = [FaultToleranceLevel(x) for x in (args.level or ["low", "medium", "high", "critical"])]
+    rt = args.request_timeout * 1000.0 if args.request_timeout else None
+    for spec in args.check or []:
+        out(check_setting(spec, extra, levels[0], rt) + "\n")
     out(f"budget: {args.false_failover_budget:g} false suspicions per browser-hour (worst gap class); "
         f"sim profile {profile.name} v{profile.version}\n")
-    recs = recommend(extra, args.false_failover_budget, profile, levels, out)
+    recs = recommend(extra, args.false_failover_budget, profile, levels, out, request_timeout_ms=rt)
     result = {"budget_per_h": args.false_failover_budget, "gaps": {c: len(v) for c, v in extra.items()},
               "gap_interval_ms": g["interval_ms"], "profile": f"{profile.name} v{profile.version}",
               "recommendations": recs}
@@ -354,15 +396,15 @@ def cmd_timeouts(args: argparse.Namespace) -> int:
 # --- verify ----------------------------------------------------------------------------
 
 def verify_scenario(level: str, rec: dict[str, Any]) -> dict[str, Any]:
-    """MiniLM, 2 shards: firefox crashes at 1.5 s, chromium hangs (for good) at 7 s."""
+    """MiniLM, 2 shards, one client for 20 s: firefox crashes at 1.5 s, chromium hangs (for good) at 9 s."""
     return {"name": f"timeouts --verify {level}", "model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer",
             "browsers": ["chromium", "firefox"], "backend": "wasm", "fault_tolerance_level": level,
             "recovery_strategy": rec["strategy"],
             "tolerance": {k: rec[k] for k in ("heartbeat_interval_ms", "detector", "detector_timeout_ms",
-                                               "phi_threshold")},
-            "workload": {"kind": "iterations", "iterations": 40, "batch_size": 1, "seq_len": 32},
+                                               *(("phi_threshold",) if rec["detector"] == "phi" else ()))},
+            "workload": {"kind": "closed_loop", "concurrency": 1, "duration_s": 20.0, "batch_size": 1, "seq_len": 32},
             "faults": [{"type": "browser_crash", "at_ms": 1500.0, "browser": "1"},
-                       {"type": "hang", "at_ms": 7000.0, "browser": "0"}]}
+                       {"type": "hang", "at_ms": 9000.0, "browser": "0"}]}
 
 
 def false_suspicions(store: Store, run_id: str) -> tuple[int, float]:
