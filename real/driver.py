@@ -32,6 +32,7 @@ from real.server import (MessageReceived, WorkerConnected, WorkerGoneError, Work
                          WorkerReportedError, WorkerServer)
 from real.shards import ShardSet
 
+EXIT_GRACE_S = 0.25     # after a socket close, how long to look for the process exit
 PRESSURE_MB = {"low": 256, "medium": 768, "high": 3072}
 
 
@@ -42,6 +43,7 @@ class _Browser:
     launched_at: float = 0.0
     incarnation: int = 0
     killed: bool = False
+    exit_reported: bool = False
 
 
 @dataclass
@@ -177,6 +179,7 @@ class RealDriver:
     async def _launch(self, cmd: c.LaunchBrowser) -> None:
         st = self.browsers.setdefault(cmd.browser, _Browser())
         st.incarnation, st.killed, st.conn, st.launched_at = cmd.incarnation, False, None, self.now()
+        st.exit_reported = False
         try:
             h = await self.pool.launch(cmd.kind, self.server.worker_url(cmd.browser), browser_id=cmd.browser,
                                        headed=self.headed)
@@ -195,7 +198,8 @@ class RealDriver:
         while not await h.wait_exited(3600.0):
             pass
         st = self.browsers.get(b)
-        if st is not None and st.handle is h and not st.killed:
+        if st is not None and st.handle is h and not st.killed and not st.exit_reported:
+            st.exit_reported = True
             self.observe(r.BrowserExited(self.now(), browser=b, reason="process exited", incarnation=inc))
 
     def _kill(self, b: str) -> None:
@@ -238,9 +242,17 @@ class RealDriver:
         inc = self.browsers[b].incarnation
         await conn.closed.wait()
         st = self.browsers.get(b)
-        if st is not None and st.conn is conn and not st.killed:
-            st.conn = None
-            self.observe(r.ConnectionClosed(self.now(), browser=b, incarnation=inc))
+        if st is None or st.conn is not conn or st.killed:
+            return
+        st.conn = None
+        h = st.handle
+        # A killed process closes its sockets before it can be reaped: give the exit a moment
+        # (measured 25-150 ms here) so a crash is reported as an exit, not as a mere disconnect.
+        if h is not None and await h.wait_exited(EXIT_GRACE_S) and st.handle is h and not st.killed:
+            if not st.exit_reported:
+                st.exit_reported = True
+                self.observe(r.BrowserExited(self.now(), browser=b, reason="process exited", incarnation=inc))
+        self.observe(r.ConnectionClosed(self.now(), browser=b, incarnation=inc))
 
     async def _sample_memory(self) -> None:
         while True:

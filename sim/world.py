@@ -191,9 +191,11 @@ class SimWorld:
             # Only the incarnation that crashed is reported; a restart may have replaced it.
             if self.pages.get(b) is page:
                 self.observe(make)
-        self.at(bp.close_notice_ms, lambda: notice(lambda now: r.ConnectionClosed(now, browser=b, incarnation=page.incarnation)))
+        # Like the real driver: the exit is reported first (it waits for the exit after a close).
         self.at(bp.exit_notice_ms, lambda: notice(lambda now: r.BrowserExited(now, browser=b, reason=reason,
                                                                        incarnation=page.incarnation)))
+        self.at(bp.close_notice_ms, lambda: notice(lambda now: r.ConnectionClosed(now, browser=b,
+                                                                           incarnation=page.incarnation)))
 
     def _heartbeat_loop(self, page: Page) -> None:
         interval = self.coord.s.heartbeat_interval_ms
