@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from events.metrics import seed_result
 from events.store import host_info
 from experiments.flags import add_scenario_flags, scenario_from_args
 from experiments.runner import add_output_flags, emit_result, open_store
 from sim.profile import load_profile
-from sim.run import run_scenario
+from sim.run import run_scenario, sim_result
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,12 +30,7 @@ def simulate_and_store(scenario, profile, db: str) -> dict:
         except BaseException:
             store.abort_run(run_id, reason="simulation error")
             raise
-        res = seed_result(run.log, scenario, run.plan, run.coordinator.s,
-                          baseline_mb=min(b.baseline_mb for b in profile.browsers.values()),
-                          extra={"profile": {"name": profile.name, "version": profile.version,
-                                             "calibrated": profile.calibrated},
-                                 "weights": "none (simulated: analytic cost model)",
-                                 "sim_events": run.sim_events})
+        res = sim_result(run, scenario, profile)
         store.finish_run(run_id, run.log, res)
     return res
 

@@ -173,11 +173,8 @@ def run_sim(store: Store, s: Scenario, profile, history_speed: dict | None, prog
     except BaseException:
         store.abort_run(run_id, reason="simulation error")
         raise
-    res = seed_result(run.log, s, run.plan, run.coordinator.s,
-                      baseline_mb=min(b.baseline_mb for b in profile.browsers.values()),
-                      extra={"profile": {"name": profile.name, "version": profile.version,
-                                         "calibrated": profile.calibrated},
-                             "weights": "none (simulated: analytic cost model)"})
+    from sim.run import sim_result
+    res = sim_result(run, s, profile)
     return {"result": res, "log": run.log, "plan": run.plan, "run_id": run_id,
             "store_run": lambda r: store.finish_run(run_id, run.log, r)}
 

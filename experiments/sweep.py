@@ -84,13 +84,9 @@ def _utcnow() -> datetime:
 
 def point_result(run, point: SweepPoint) -> dict[str, Any]:
     """The seed result JSON of one simulated point (same extras as `shardtwin sim`)."""
-    from events.metrics import seed_result
-    p = point.profile
-    return seed_result(run.log, point.scenario, run.plan, run.coordinator.s,
-                       baseline_mb=min(b.baseline_mb for b in p.browsers.values()),
-                       extra={"profile": {"name": p.name, "version": p.version, "calibrated": p.calibrated},
-                              "weights": "none (simulated: analytic cost model)", "sim_events": run.sim_events,
-                              "sweep_point": {"index": point.index, "params": dict(point.params)}})
+    from sim.run import sim_result
+    return sim_result(run, point.scenario, point.profile,
+                      sweep_point={"index": point.index, "params": dict(point.params)})
 
 
 def run_point(task: PointTask) -> PointOutcome:

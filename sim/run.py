@@ -72,3 +72,14 @@ def _stable_int(s: Scenario, seed: int, profile: Profile) -> int:
     from events.scenario_file import scenario_hash
     h = hashlib.sha256(f"{scenario_hash(s)}|{seed}|{profile.name}|{profile.version}".encode()).hexdigest()
     return int(h[:32], 16)
+
+
+def sim_result(run: SimRun, scenario: Scenario, profile: Profile, **extra) -> dict:
+    """The seed result JSON of a simulated run, with what every sim result says about itself."""
+    from events.metrics import seed_result
+    return seed_result(run.log, scenario, run.plan, run.coordinator.s,
+                       baseline_mb=min(b.baseline_mb for b in profile.browsers.values()),
+                       extra={"profile": {"name": profile.name, "version": profile.version,
+                                          "calibrated": profile.calibrated},
+                              "weights": "none (simulated: analytic cost model)",
+                              "sim_events": run.sim_events, **extra})
