@@ -39,6 +39,9 @@ class BrowserProfile:
     hop_overhead_ms: float = 0.0  # per shard run, round trip: coordinator feed build + encode, page decode
     load_scale: float = 1.0       # this browser's shard load time relative to the profile's load model
     warmup_factor: float = 1.0    # first run of a shard in a page (JIT, allocation) vs later runs
+    warmup_runs: float = 0.0      # > 0: the n-th run in a page (any shard) takes 1 + (warmup_factor - 1) *
+                                  # exp(-n / warmup_runs) times longer (V8 WASM tier-up measured in Chromium)
+    page_init_ms: float = 0.0     # extra cost of a page's first session create (ORT WASM runtime init)
     # The page's main thread sends heartbeats. Measured: Chromium's session create (a shard load)
     # blocks it, Firefox's does not; a shard run (ORT Web WASM) blocks it in both. True: a heartbeat
     # due while blocked leaves when the block ends (setInterval runs once, late).

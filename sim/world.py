@@ -52,6 +52,8 @@ class Page:
     warmed: set[int] = field(default_factory=set)             # shards this page has run once
     blocked_until: float = 0.0        # main thread busy creating a session (no heartbeats)
     hb_pending: bool = False          # a heartbeat fell due during a shard run
+    runs: int = 0                     # shard runs started in this page
+    sessions: int = 0                 # sessions created in this page
 
 
 class SimWorld:
@@ -250,9 +252,12 @@ class SimWorld:
         if cmd.shard in page.loaded:
             ms = 2 * self.p.link_latency_ms
         else:
-            ms = (2 * self.p.link_latency_ms + self.p.browsers[page.kind].load_scale
+            bp = self.p.browsers[page.kind]
+            ms = (2 * self.p.link_latency_ms + bp.load_scale
                   * (shard.weight_mb * self.p.fetch_ms_per_mb + self.p.session_create_ms
-                     + shard.weight_mb * self.p.session_create_ms_per_mb))
+                     + shard.weight_mb * self.p.session_create_ms_per_mb
+                     + (bp.page_init_ms if page.sessions == 0 else 0.0)))
+            page.sessions += 1
             page.blocked_until = max(page.blocked_until, self.env.now + ms)
         epoch = page.link_epoch
 
@@ -288,8 +293,11 @@ class SimWorld:
         ms = (f.get("matmul", 0.0) / rate.matmul_gflops + f.get("attention", 0.0) / rate.attention_gflops
               + f.get("elementwise", 0.0) / rate.elementwise_gflops + f.get("conv", 0.0) / rate.conv_gflops) / 1e6
         ms = ms * page.slow + rate.run_overhead_ms + rate.readback_ms
-        if cmd.shard not in page.warmed:
-            ms *= self.p.browsers[page.kind].warmup_factor
+        bp = self.p.browsers[page.kind]
+        if bp.warmup_runs > 0:
+            ms *= 1.0 + (bp.warmup_factor - 1.0) * math.exp(-page.runs / bp.warmup_runs)
+        elif cmd.shard not in page.warmed:
+            ms *= bp.warmup_factor
         ms *= self.background_factor(page.kind)
         if page.pressure:
             ms *= self.p.pressure_slowdown[page.pressure]
@@ -314,6 +322,7 @@ class SimWorld:
         cmd = page.queue.popleft()
         work = self.compute_ms(page, cmd)
         page.warmed.add(cmd.shard)
+        page.runs += 1
         threads = self.p.rate(page.kind, self.backend).threads
         started = self.env.now
         page.job_run = cmd
