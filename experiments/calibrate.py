@@ -46,7 +46,12 @@ RATE_FIELD = {"matmul": "matmul_gflops", "attention": "attention_gflops", "eleme
 # Elementwise FLOPs keep a near-fixed ratio to matmul inside a layer: not identifiable, the prior holds.
 PRIOR_WEIGHT = {"matmul": 0.01, "attention": 0.01, "elementwise": 0.5, "conv": 0.5}
 QUANTILES = 21           # heartbeat extra-delay quantiles kept in the profile
-WEIGHTS = (1.0, 0.7, 0.5, 0.33, 0.2, 0.1)   # renderer CPU weights tried (nice 0 .. ~nice 10)
+# Renderer CPU weights tried against runs under different background load. Only 1.0 (nice 0) now:
+# over the collected runs the per-run speed did not follow the measured background load (a lower
+# weight only fitted noise), so background load slows a page only beyond the host's free cores.
+WEIGHTS = (1.0,)
+STEADY_INDEX = 4         # runs in a page before its compute speed is steady (Chromium tier-up)
+TAUS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
 @lru_cache(maxsize=256)
@@ -69,6 +74,7 @@ class Sample:
     first: bool = False
     concurrent: int = 1          # pages computing at the same time, this one included
     queued: bool = False         # another run of the same page overlapped its round trip (waited in the page)
+    page_index: int = 0          # runs this page incarnation completed before this one
 
 
 @dataclass
@@ -76,7 +82,7 @@ class RunData:
     run_id: str
     scenario: Any
     samples: list[Sample] = field(default_factory=list)
-    loads: list[tuple[str, float, float]] = field(default_factory=list)     # (kind, MB, ms)
+    loads: list[tuple[str, float, float, bool]] = field(default_factory=list)  # (kind, MB, ms, first in page)
     launches: list[tuple[str, float]] = field(default_factory=list)
     notices: list[tuple[str, float]] = field(default_factory=list)          # crash -> detected ms
     gaps: list[tuple[str, float]] = field(default_factory=list)             # (kind, gap - interval)
@@ -110,6 +116,8 @@ def extract(store: Store, run_id: str) -> RunData:
     started: dict[tuple, float] = {}
     warmed: set[tuple[str, int]] = set()
     loading: dict[str, float] = {}
+    runs_in_page: dict[str, int] = {}
+    sessions: dict[str, int] = {}
     faults: list[tuple[str, float]] = []
     for e in ev:
         k, b, t = e["kind"], e["browser"], e["t_ms"]
@@ -126,11 +134,12 @@ def extract(store: Store, run_id: str) -> RunData:
             bsz, seq = shape.get(e["request_id"], (s.workload.batch_size, s.workload.seq_len))
             spec = _plan(s.model, s.shards, str(s.shard_type), bsz, seq).shards[e["shard"]]
             key = (b, e["shard"])
+            runs_in_page[b] = runs_in_page.get(b, 0) + 1
             data.samples.append(Sample(
                 run_id, kind_of(b), backend.get(b, str(s.backend)),
                 {c: spec.flops_by_class.get(c, 0.0) / 1e9 for c in CLASSES},
                 float(spec.input_bytes + spec.output_bytes), float(e["value"]), t - t0,
-                t - float(e["value"]), t, b, first=key not in warmed))
+                t - float(e["value"]), t, b, first=key not in warmed, page_index=runs_in_page[b] - 1))
             warmed.add(key)
         elif k == "shard_load_started":
             loading[b] = t
@@ -142,11 +151,14 @@ def extract(store: Store, run_id: str) -> RunData:
                 data.load_beats.append((kind_of(b), n * interval / (0.7 * (t - t0))))
             warmed.discard((b, e["shard"]))
             if e["value"] is not None and e["value"] > 5.0 and t0 is not None:
-                data.loads.append((kind_of(b), float(base.shards[e["shard"]].weight_mb), float(e["value"])))
+                data.loads.append((kind_of(b), float(base.shards[e["shard"]].weight_mb), float(e["value"]),
+                                   sessions.get(b, 0) == 0))
+                sessions[b] = sessions.get(b, 0) + 1
         elif k == "browser_ready":
             if e["value"] is not None:
                 data.launches.append((kind_of(b), float(e["value"])))
             warmed -= {w for w in warmed if w[0] == b}
+            runs_in_page[b] = sessions[b] = 0
         if k == "fault_injected" and b and json.loads(e["detail"] or "{}").get("fault") == "browser_crash":
             faults.append((b, t))
         elif k == "failure_detected" and faults and faults[-1][0] == b:
@@ -240,21 +252,48 @@ def fit_hops(samples: list[Sample], link_latency_ms: float) -> tuple[dict[str, f
                                       "ms_per_mb": ms_per_mb, "median_hop_ms": float(np.median(y))}
 
 
-def fit_loads(loads: list[tuple[str, float, float]], link_latency_ms: float) -> tuple[float, float, dict[str, float], dict]:
+def fit_loads(loads: list[tuple[str, float, float, bool]], link_latency_ms: float
+              ) -> tuple[float, float, dict[str, float], float, dict]:
+    """create + MB * per_mb from loads into pages that already hold a session (pooled, robust), the
+    page's first session extra (runtime init) from first loads, per-kind scale. Without warm loads
+    the first loads give the line and the init extra is 0."""
     if not loads:
-        return math.nan, math.nan, {}, {"n": 0, "fitted": False}
-    mb = np.array([x[1] for x in loads])
-    y = np.array([x[2] for x in loads]) - 2 * link_latency_ms
+        return math.nan, math.nan, {}, 0.0, {"n": 0, "fitted": False}
+    warm = [x for x in loads if not x[3]]
+    line = warm if len({round(x[1], 3) for x in warm}) >= 2 or len(warm) >= 3 else loads
+    mb = np.array([x[1] for x in line])
+    y = np.array([x[2] for x in line]) - 2 * link_latency_ms
     if len(set(np.round(mb, 3))) >= 2:
         a, b = _robust_linear(np.column_stack([np.ones_like(mb), mb]), y, np.array([np.median(y), 1.0]),
                               max(float(np.median(y)) * 0.1, 1.0))
     else:
         a, b = float(np.median(y)) * 0.5, float(np.median(y)) * 0.5 / max(float(mb[0]), 1e-6)
     a, b = max(float(a), 0.0), max(float(b), 0.0)
-    scale = {k: float(np.median([ys / (a + b * m) for (kk, m, _), ys in zip(loads, y) if kk == k and a + b * m > 0]))
+    init = 0.0
+    if line is warm:
+        cold = [x[2] - 2 * link_latency_ms - (a + b * x[1]) for x in loads if x[3]]
+        init = max(float(np.median(cold)), 0.0) if cold else 0.0
+
+    def model(m: float, first: bool) -> float:
+        return a + b * m + (init if first else 0.0)
+    scale = {k: float(np.median([(ms - 2 * link_latency_ms) / model(m, f) for kk, m, ms, f in loads
+                                 if kk == k and model(m, f) > 0]))
              for k in sorted({x[0] for x in loads})}
-    pred = np.array([scale[k] * (a + b * m) for k, m, _ in loads])
-    return a, b, scale, {"n": len(y), "fitted": True, **_residual_stats(np.maximum(y, 1e-3), pred)}
+    yy = np.array([x[2] - 2 * link_latency_ms for x in loads])
+    pred = np.array([scale[k] * model(m, f) for k, m, _, f in loads])
+    return a, b, scale, init, {"n": len(loads), "warm_loads": len(warm), "fitted": True, "page_init_ms": init,
+                               **_residual_stats(np.maximum(yy, 1e-3), pred)}
+
+
+def fit_warmup(ratio_by_index: dict[int, float]) -> tuple[float, float]:
+    """(factor, runs): ratio(n) = 1 + (factor - 1) * exp(-n / runs), factor = ratio(0), runs by grid."""
+    f0 = max(ratio_by_index[0], 1.0)
+    if f0 <= 1.0:
+        return 1.0, 0.0
+    def err(tau: float) -> float:
+        return sum((math.log(1 + (f0 - 1) * math.exp(-n / tau)) - math.log(max(r, 1e-3))) ** 2
+                   for n, r in ratio_by_index.items() if 0 < n <= 2 * STEADY_INDEX)
+    return f0, min(TAUS, key=err)
 
 
 def _robust_sd(x: np.ndarray) -> float:
@@ -286,6 +325,8 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
             continue
         sub = [s for s in samples if s.kind == kind and s.backend == backend and not s.first]
         sub = [s for s in sub if s.concurrent == 1] or sub
+        steady = [s for s in sub if s.page_index >= STEADY_INDEX]
+        sub = steady if len(steady) >= 8 else sub      # past the WASM tier-up when there is enough data
         best = None
         for w in (WEIGHTS if known_bg else (browsers[kind].cpu_weight,)):
             scaled = [dataclasses.replace(s, compute_ms=s.compute_ms / background_factor(cores, w, bg[s.run_id]))
@@ -300,14 +341,19 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
     def predicted(s: Sample) -> float:
         return predict_compute(fitted_rates[(s.kind, s.backend)], s) * background_factor(
             cores, weight.get(s.kind, 1.0), bg[s.run_id])
-    # warmup and contention relative to the warm fit
-    warm: dict[str, float] = {}
+    # warm-up curve over the run index in a page, and contention, relative to the steady fit
+    warm: dict[str, tuple[float, float]] = {}
     eff: list[float] = []
     for kind in sorted({s.kind for s in samples}):
-        firsts = [s.compute_ms / predicted(s) for s in samples
-                  if s.kind == kind and s.first and (s.kind, s.backend) in fitted_rates]
-        if firsts:
-            warm[kind] = max(float(np.median(firsts)), 1.0)
+        by_index: dict[int, list[float]] = defaultdict(list)
+        for s in samples:
+            if s.kind == kind and (s.kind, s.backend) in fitted_rates and s.concurrent == 1:
+                by_index[min(s.page_index, 2 * STEADY_INDEX)].append(s.compute_ms / predicted(s))
+        if 0 in by_index:
+            warm[kind] = fit_warmup({i: float(np.median(v)) for i, v in by_index.items()})
+            residuals[f"warmup.{kind}"] = {"median_ratio_by_run_index": {i: float(np.median(v)) for i, v
+                                                                         in sorted(by_index.items())},
+                                           "factor": warm[kind][0], "runs": warm[kind][1]}
     for s in samples:
         if s.concurrent > 1 and not s.first and (s.kind, s.backend) in fitted_rates:
             threads = fitted_rates[(s.kind, s.backend)].threads
@@ -319,7 +365,8 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
                                        / background_factor(cores, 1.0, bg[s.run_id]))
                    for s in samples if not s.first and not s.queued]
     over, mb_s, residuals["hop"] = fit_hops(hop_samples, base.link_latency_ms)
-    create, per_mb, load_scale, residuals["load"] = fit_loads([x for r in runs for x in r.loads], base.link_latency_ms)
+    create, per_mb, load_scale, page_init, residuals["load"] = fit_loads([x for r in runs for x in r.loads],
+                                                                         base.link_latency_ms)
     launches = defaultdict(list)
     for r in runs:
         for k, ms in r.launches:
@@ -338,9 +385,9 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
         if kind in over:
             ch["hop_overhead_ms"] = over[kind]
         if kind in load_scale:
-            ch["load_scale"] = load_scale[kind]
+            ch["load_scale"], ch["page_init_ms"] = load_scale[kind], page_init
         if kind in warm:
-            ch["warmup_factor"] = warm[kind]
+            ch["warmup_factor"], ch["warmup_runs"] = warm[kind]
         if kind in weight:
             ch["cpu_weight"] = weight[kind]
         own_cv = [r["log_ratio_sd"] for k, r in residuals.items() if k.startswith(f"compute.{kind}.") and r.get("n", 0) > 2]

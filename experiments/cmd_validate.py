@@ -35,6 +35,10 @@ COLLECT_SUITE = (
     {"name": "cal: minilm 2 layer closed loop x2 (contention)", "model": "all-MiniLM-L6-v2", "shards": 2,
      "shard_type": "layer", "browsers": ["firefox", "chromium"],
      "workload": {"kind": "closed_loop", "concurrency": 2, "duration_s": 4.0, "batch_size": 1, "seq_len": 64}},
+    {"name": "cal: minilm 2 layer crash + failover onto the live browser", "model": "all-MiniLM-L6-v2", "shards": 2,
+     "shard_type": "layer", "browsers": ["chromium", "firefox"], "fault_tolerance_level": "low",
+     "recovery_strategy": "failover", "workload": _IT(10, 32),
+     "faults": [{"type": "browser_crash", "at_ms": 800.0, "browser": "chromium"}]},
     {"name": "cal: minilm 2 layer crash + restart", "model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer",
      "browsers": ["chromium", "firefox"], "fault_tolerance_level": "low", "workload": _IT(10, 32),
      "faults": [{"type": "browser_crash", "at_ms": 800.0, "browser": "firefox"}]},
@@ -176,7 +180,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         out(f"  {kind} wasm: matmul {w.matmul_gflops:.1f} GFLOPS, attention {w.attention_gflops:.1f}, elementwise "
             f"{w.elementwise_gflops:.2f}, overhead {w.run_overhead_ms:.1f} ms/run (n={r['n']}, rmse "
             f"{r.get('rmse_ms', 0):.1f} ms, median |err| {r.get('median_abs_pct', 0):.1f}%); hop "
-            f"{bp.hop_overhead_ms:.1f} ms, warmup x{bp.warmup_factor:.2f}, cpu weight {bp.cpu_weight:.2f}, launch {bp.launch_ms:.0f}"
+            f"{bp.hop_overhead_ms:.1f} ms, warmup x{bp.warmup_factor:.2f} (1/e after {bp.warmup_runs:g} runs), page init {bp.page_init_ms:.0f} ms, launch {bp.launch_ms:.0f}"
             f"+-{bp.launch_sd_ms:.0f} ms, load x{bp.load_scale:.2f}, crash notice {bp.close_notice_ms:.0f} ms\n")
     out(f"  link {prof.link_mb_per_s:.0f} MB/s; load {prof.session_create_ms:.0f} ms + "
         f"{prof.session_create_ms_per_mb:.1f} ms/MB; background {prof.background_cores:.2f} cores; "

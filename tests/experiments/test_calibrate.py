@@ -101,16 +101,18 @@ def test_profile_is_versioned_labelled_and_loadable(fitted, tmp_path):
         assert stored.version == 2 and stored.residuals["hop"]["n"] > 0
 
 
-def test_background_load_weight_is_recovered(tmp_path):
-    """Runs under different background loads: the fit picks the renderer weight that explains them."""
+def test_background_load_is_normalised_away(tmp_path):
+    """Runs under a measured background load beyond the free cores: the fit still finds the idle rates."""
     db = str(tmp_path / "bg.duckdb")
-    ids = sim_runs(db, known_profile(), backgrounds=(0.0, 1.5))
+    prof0 = known_profile()
+    prof0 = dataclasses.replace(prof0, browsers={**prof0.browsers, "chromium": dataclasses.replace(
+        prof0.browsers["chromium"], cpu_weight=1.0)})
+    ids = sim_runs(db, prof0, backgrounds=(0.0, 3.0))
     with Store(db) as st:
         prof = calibrate(st, ids, name="bg", source="sim")
-    assert prof.browsers["chromium"].cpu_weight == pytest.approx(0.33)
-    assert prof.browsers["firefox"].cpu_weight == pytest.approx(1.0)
     assert rel(prof.browsers["chromium"].backends["wasm"].matmul_gflops, 20.0) < 0.03
-    assert prof.background_cores == pytest.approx(0.75)
+    assert rel(prof.browsers["firefox"].backends["wasm"].matmul_gflops, 28.0) < 0.03
+    assert prof.background_cores == pytest.approx(1.5)
 
 
 def test_no_runs_is_one_line_error(tmp_path, capsys):
