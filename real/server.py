@@ -6,6 +6,9 @@ Rules:
 - Static names are validated against a strict pattern and served only from their directory.
 - A worker is accepted only after a hello carrying the per-run secret (constant-time compare);
   anything else is closed with 1008 (policy) and reported as a WorkerRejected event.
+- After the hello, every frame that breaks the protocol (malformed, oversized, unknown type) and
+  every result frame no run awaits (duplicate, replayed, late, never asked) is dropped and
+  reported as WorkerRejected; only awaited results reach a run.
 - This layer is transport only: it reports what happened (ServerEvent) with a time from the
   injected clock and never decides anything. The driver owns policy.
 - Library errors are translated here into shardtwin.errors classes (`raise ... from exc`).
@@ -196,6 +199,11 @@ class WorkerConnection:
                 self._resolve(("run", req, shard, attempt), WorkerReportedError(msg))
             case _:
                 pass
+
+    def _awaits(self, frame: TensorFrame) -> bool:
+        """True if a run with this frame's (req, shard, attempt) is awaiting its result."""
+        fut = self._pending.get(("run", frame.req, frame.shard, frame.attempt))
+        return fut is not None and not fut.done()
 
     def _resolve(self, key: tuple, value: Any) -> None:
         fut = self._pending.pop(key, None)
@@ -390,6 +398,12 @@ class WorkerServer:
                     break
             except ProtocolError as exc:
                 self._on_event(WorkerRejected(self.clock(), conn.browser_id, str(exc), peer))
+                continue
+            if isinstance(decoded, TensorFrame) and not conn._awaits(decoded):
+                # a duplicate, replayed, late or never-asked result: never delivered, reported
+                self._on_event(WorkerRejected(
+                    self.clock(), conn.browser_id, f"unexpected result for req {decoded.req} shard "
+                    f"{decoded.shard} attempt {decoded.attempt} (duplicate, replayed, late or never asked)", peer))
                 continue
             self._on_event(MessageReceived(self.clock(), conn.browser_id, decoded))
             conn._dispatch(decoded)
