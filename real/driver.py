@@ -353,17 +353,43 @@ class RealDriver:
             await conn.send_inject("disconnect", delay_ms=float(delay) if delay is not None else 10 ** 9)
         elif kind == "hang" and conn is not None:
             await conn.send_inject("hang", ms=float(dur) if dur is not None else 10 ** 9)
+            self._clear_after(kind, st, dur, None)   # the page wakes by itself
         elif kind == "memory_pressure" and conn is not None:
             await conn.send_inject("memory_pressure", mb=PRESSURE_MB.get(str(d.get("level")), 768))
+            self._clear_after(kind, st, dur, lambda: st.conn.send_inject("clear", what="memory_pressure"))
         elif kind == "shard_error" and conn is not None:
             await conn.send_inject("shard_error", shard=shard if shard is not None else 0, count=1)
         elif kind == "slow":
             factor = float(d.get("factor") or 4.0)
             try:
                 await st.handle.set_cpu_throttle(factor)
+                undo = lambda h=st.handle: h.set_cpu_throttle(1.0)  # noqa: E731
             except Exception:
-                if conn is not None:
-                    await conn.send_inject("slow", factor=factor)
+                if conn is None:
+                    return
+                await conn.send_inject("slow", factor=factor)
+                undo = lambda: st.conn.send_inject("clear", what="slow")  # noqa: E731
+            self._clear_after(kind, st, dur, undo)
+
+    def _clear_after(self, kind: str, st: _Browser, dur: Any, undo: Any) -> None:
+        """A fault with a duration ends after it, in the same incarnation only (as in the sim):
+        undo it (None: it ends by itself) and log FaultCleared."""
+        if dur is None:
+            return
+        b = next(k for k, v in self.browsers.items() if v is st)
+        inc = st.incarnation
+
+        async def later() -> None:
+            await asyncio.sleep(float(dur) / 1000.0)
+            if st.incarnation != inc or st.killed or st.handle is None or st.handle.exited.is_set():
+                return
+            if undo is not None:
+                try:
+                    await undo()
+                except Exception:
+                    return   # the browser went away meanwhile: nothing to clear
+            self.observe(r.FaultCleared(self.now(), fault=kind, browser=b))
+        self._spawn(later())
 
 
 def _flat(v: Any) -> Any:

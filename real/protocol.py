@@ -237,7 +237,7 @@ class Heartbeat:
 @dataclass(frozen=True, slots=True)
 class Inject:
     """server -> worker: apply a fault in the page. fault: hang {ms} | memory_pressure {mb}
-    | shard_error {shard, count} | disconnect {delay_ms} | slow {factor} | clear {}."""
+    | shard_error {shard, count} | disconnect {delay_ms} | slow {factor} | clear {what?: memory_pressure | slow; none = all}."""
     TYPE: ClassVar[str] = "inject"
     fault: str
     params: dict = field(default_factory=dict)

@@ -220,7 +220,12 @@ function inject(m) {
       break;
     case 'shard_error': st.failNext.set(p.shard, (st.failNext.get(p.shard) || 0) + (p.count ?? 1)); ack(m); break;
     case 'slow': st.slow = Math.max(1, Number(p.factor) || 1); ack(m); break;
-    case 'clear': st.held = []; st.failNext.clear(); st.slow = 1; ack(m); break;
+    case 'clear': {  // params.what: one fault to end (memory_pressure | slow); none: all
+      if (!p.what || p.what === 'memory_pressure') st.held = [];
+      if (!p.what || p.what === 'slow') st.slow = 1;
+      if (!p.what) st.failNext.clear();
+      ack(m); break;
+    }
     case 'disconnect': {
       ack(m); st.reconnecting = true; stopHeartbeats();
       const ws = st.ws;
