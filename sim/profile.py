@@ -75,6 +75,9 @@ class Profile:
     # Cores kept busy by processes outside the run (nice 0), e.g. other users of a shared host;
     # a page's compute slows by SimWorld.background_factor (CFS shares with cpu_weight).
     background_cores: float = 0.0
+    # True: browser launches and shard loads are one-thread CPU work on the host (they slow each
+    # other and compute down, as measured at startup); False: pure delays.
+    cpu_bound_startup: bool = False
     source_runs: tuple[str, ...] = ()          # real runs a calibrated profile was fitted from
     residuals: Mapping[str, Any] = field(default_factory=dict)   # fit residuals per parameter group
 

@@ -50,7 +50,7 @@ class Page:
     errors: list[int | None] = field(default_factory=list)   # shards whose next run throws (None: any)
     link_epoch: int = 0
     warmed: set[int] = field(default_factory=set)             # shards this page has run once
-    blocked_until: float = 0.0        # main thread busy creating a session (no heartbeats)
+    creating: int = 0                 # session creates in progress (they block the main thread)
     hb_pending: bool = False          # a heartbeat fell due during a shard run
     runs: int = 0                     # shard runs started in this page
     sessions: int = 0                 # sessions created in this page
@@ -155,13 +155,23 @@ class SimWorld:
         self.pages[cmd.browser] = page
         ms = max(1.0, float(self.rng["launch"].normal(bp.launch_ms, bp.launch_sd_ms)))
 
+        started = self.env.now
+
         def ready() -> None:
             if self.pages.get(cmd.browser) is not page:
                 return
             page.alive = page.connected = True
-            self.observe(lambda now: r.BrowserReady(now, browser=page.id, launch_ms=ms))
+            took = self.env.now - started if self.p.cpu_bound_startup else ms
+            self.observe(lambda now: r.BrowserReady(now, browser=page.id, launch_ms=took))
             self._heartbeat_loop(page)
-        self.at(ms, ready)
+        self._busy(ms, ready)
+
+    def _busy(self, ms: float, then: Callable[[], None]) -> None:
+        """Startup work (launch, load): host CPU when the profile says so, else a plain delay."""
+        if self.p.cpu_bound_startup:
+            self.host.start(ms, 1.0, then)
+        else:
+            self.at(ms, then)
 
     def _kill(self, page: Page | None) -> None:
         if page is None or not page.alive:
@@ -221,7 +231,7 @@ class SimWorld:
             if page.hung or not page.connected:
                 return
             bp = self.p.browsers[page.kind]
-            if (bp.heartbeat_blocked_by_load and self.env.now < page.blocked_until) or \
+            if (bp.heartbeat_blocked_by_load and page.creating > 0) or \
                     (bp.heartbeat_blocked_by_compute and page.job is not None):
                 page.hb_pending = True
                 return
@@ -230,7 +240,7 @@ class SimWorld:
 
     def _late_heartbeat(self, page: Page) -> None:
         """A heartbeat that fell due while the page's main thread was blocked leaves now."""
-        if not page.hb_pending or page.job is not None or self.env.now < page.blocked_until:
+        if not page.hb_pending or page.job is not None or page.creating > 0:
             return
         page.hb_pending = False
         epoch = page.link_epoch
@@ -258,10 +268,14 @@ class SimWorld:
                      + shard.weight_mb * self.p.session_create_ms_per_mb
                      + (bp.page_init_ms if page.sessions == 0 else 0.0)))
             page.sessions += 1
-            page.blocked_until = max(page.blocked_until, self.env.now + ms)
+            page.creating += 1
         epoch = page.link_epoch
+        creates = cmd.shard not in page.loaded
+        started = self.env.now
 
         def loaded() -> None:
+            if creates:
+                page.creating -= 1
             if not page.alive:
                 return
             page.loaded.add(cmd.shard)
@@ -269,8 +283,9 @@ class SimWorld:
             if self.memory_mb(page) > self.p.browsers[page.kind].memory_budget_mb:
                 self._crash(page, "oom")
                 return
-            self._deliver(page, epoch, lambda now: r.ShardLoaded(now, shard=cmd.shard, browser=page.id, load_ms=ms))
-        self.at(ms, loaded)
+            took = self.env.now - started if self.p.cpu_bound_startup else ms
+            self._deliver(page, epoch, lambda now: r.ShardLoaded(now, shard=cmd.shard, browser=page.id, load_ms=took))
+        self._busy(ms, loaded)
 
     def _send_run(self, cmd: c.RunShard) -> None:
         page = self.pages.get(cmd.browser)
