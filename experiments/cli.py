@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "experiments.cmd_analyze",
     "experiments.cmd_test",
     "experiments.cmd_distributed",
+    "experiments.cmd_soak",
 )
 
 
