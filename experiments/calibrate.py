@@ -84,6 +84,8 @@ class RunData:
     samples: list[Sample] = field(default_factory=list)
     loads: list[tuple[str, float, float, bool]] = field(default_factory=list)  # (kind, MB, ms, first in page)
     launches: list[tuple[str, float]] = field(default_factory=list)
+    load_overlap: list[int] = field(default_factory=list)     # startup jobs overlapping each load, it included
+    launch_overlap: list[int] = field(default_factory=list)
     notices: list[tuple[str, float]] = field(default_factory=list)          # crash -> detected ms
     gaps: list[tuple[str, float]] = field(default_factory=list)             # (kind, gap - interval)
     load_beats: list[tuple[str, float]] = field(default_factory=list)       # (kind, beats per interval in load)
@@ -116,6 +118,8 @@ def extract(store: Store, run_id: str) -> RunData:
     started: dict[tuple, float] = {}
     warmed: set[tuple[str, int]] = set()
     loading: dict[str, float] = {}
+    launching: dict[str, float] = {}
+    windows: list[tuple[str, float, float, str]] = []      # (browser, start, end, what): startup CPU work
     runs_in_page: dict[str, int] = {}
     sessions: dict[str, int] = {}
     faults: list[tuple[str, float]] = []
@@ -153,10 +157,14 @@ def extract(store: Store, run_id: str) -> RunData:
             if e["value"] is not None and e["value"] > 5.0 and t0 is not None:
                 data.loads.append((kind_of(b), float(base.shards[e["shard"]].weight_mb), float(e["value"]),
                                    sessions.get(b, 0) == 0))
+                windows.append((b, t0, t, "load"))
                 sessions[b] = sessions.get(b, 0) + 1
+        elif k == "browser_launch_requested":
+            launching[b] = t
         elif k == "browser_ready":
             if e["value"] is not None:
                 data.launches.append((kind_of(b), float(e["value"])))
+                windows.append((b, launching.pop(b, t - float(e["value"])), t, "launch"))
             warmed -= {w for w in warmed if w[0] == b}
             runs_in_page[b] = sessions[b] = 0
         if k == "fault_injected" and b and json.loads(e["detail"] or "{}").get("fault") == "browser_crash":
@@ -164,6 +172,13 @@ def extract(store: Store, run_id: str) -> RunData:
         elif k == "failure_detected" and faults and faults[-1][0] == b:
             data.notices.append((kind_of(b), t - faults.pop()[1]))
     _mark_concurrency(data.samples)
+    busy = windows + [(x.browser, x.start_ms, x.end_ms, "run") for x in data.samples]
+    for what, out in (("load", data.load_overlap), ("launch", data.launch_overlap)):
+        for b, t0, t1, w in windows:
+            if w == what:
+                dur = max(t1 - t0, 1e-6)
+                out.append(1 + sum(1 for o in busy if o[0] != b and o[3] != "run"
+                                   and min(t1, o[2]) - max(t0, o[1]) >= 0.5 * dur))
     from experiments.timeouts import classify_gaps
     gaps = classify_gaps(ev)
     data.gaps = [("", g - interval) for g in gaps["idle"]]
@@ -260,9 +275,9 @@ def fit_loads(loads: list[tuple[str, float, float, bool]], link_latency_ms: floa
     if not loads:
         return math.nan, math.nan, {}, 0.0, {"n": 0, "fitted": False}
     warm = [x for x in loads if not x[3]]
-    line = warm if len({round(x[1], 3) for x in warm}) >= 2 or len(warm) >= 3 else loads
-    mb = np.array([x[1] for x in line])
-    y = np.array([x[2] for x in line]) - 2 * link_latency_ms
+    cold = [x for x in loads if x[3]] or loads
+    mb = np.array([x[1] for x in cold])
+    y = np.array([x[2] for x in cold]) - 2 * link_latency_ms
     if len(set(np.round(mb, 3))) >= 2:
         a, b = _robust_linear(np.column_stack([np.ones_like(mb), mb]), y, np.array([np.median(y), 1.0]),
                               max(float(np.median(y)) * 0.1, 1.0))
@@ -270,9 +285,17 @@ def fit_loads(loads: list[tuple[str, float, float, bool]], link_latency_ms: floa
         a, b = float(np.median(y)) * 0.5, float(np.median(y)) * 0.5 / max(float(mb[0]), 1e-6)
     a, b = max(float(a), 0.0), max(float(b), 0.0)
     init = 0.0
-    if line is warm:
-        cold = [x[2] - 2 * link_latency_ms - (a + b * x[1]) for x in loads if x[3]]
-        init = max(float(np.median(cold)), 0.0) if cold else 0.0
+    if warm and len(cold) < len(loads):
+        # loads into a page that already created a session skip the runtime init: same slope,
+        # their own intercept; the difference is the page's first-session cost
+        if len({round(x[1], 3) for x in warm}) >= 2:
+            wm = np.array([x[1] for x in warm])
+            wy = np.array([x[2] for x in warm]) - 2 * link_latency_ms
+            a, b = (max(float(v), 0.0) for v in _robust_linear(np.column_stack([np.ones_like(wm), wm]), wy,
+                                                                 np.array([np.median(wy), 1.0]), 1.0))
+        else:   # one warm size: proportional to MB
+            a, b = 0.0, float(np.median([(x[2] - 2 * link_latency_ms) / max(x[1], 1e-6) for x in warm]))
+        init = max(float(np.median([x[2] - 2 * link_latency_ms - (a + b * x[1]) for x in cold])), 0.0)
 
     def model(m: float, first: bool) -> float:
         return a + b * m + (init if first else 0.0)
@@ -365,12 +388,16 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
                                        / background_factor(cores, 1.0, bg[s.run_id]))
                    for s in samples if not s.first and not s.queued]
     over, mb_s, residuals["hop"] = fit_hops(hop_samples, base.link_latency_ms)
-    create, per_mb, load_scale, page_init, residuals["load"] = fit_loads([x for r in runs for x in r.loads],
-                                                                         base.link_latency_ms)
+    # startup work (launch, load) is CPU: one job's time / max(1, overlapping jobs / cores) is its
+    # time alone (the sim runs it on the host again: cpu_bound_startup)
+    def alone(ms: float, n: int) -> float:
+        return ms / max(1.0, n / cores)
+    loads = [(k, mb, alone(ms, n), first) for r in runs for (k, mb, ms, first), n in zip(r.loads, r.load_overlap)]
+    create, per_mb, load_scale, page_init, residuals["load"] = fit_loads(loads, base.link_latency_ms)
     launches = defaultdict(list)
     for r in runs:
-        for k, ms in r.launches:
-            launches[k].append(ms)
+        for (k, ms), n in zip(r.launches, r.launch_overlap):
+            launches[k].append(alone(ms, n))
     notices = defaultdict(list)
     for r in runs:
         for k, ms in r.notices:
@@ -430,6 +457,8 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
     if cv:
         changes["compute_cv"] = float(np.median(cv))
     run_ids = tuple(r.run_id for r in runs)
+    if main_thread:
+        changes["cpu_bound_startup"] = True
     return dataclasses.replace(
         base, name=name, version=version, calibrated=True, browsers=browsers,
         background_cores=float(np.median(known_bg)) if known_bg else base.background_cores,
