@@ -35,6 +35,9 @@ def _scatter(pairs: list[dict], path: Path) -> None:
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
+        if hi / max(lo, 1e-9) > 20:      # heavy tails (requests caught in a recovery): log axes
+            ax.set_xscale("log")
+            ax.set_yscale("log")
     ax.set_xlabel("observed latency, real (ms)")
     ax.set_ylabel("predicted latency, sim (ms)")
     ax.set_title("Per-request latency: predicted vs observed")
@@ -52,6 +55,9 @@ def _cdf(pairs: list[dict], path: Path) -> None:
         v = np.sort([p[key] for p in pairs if p[outcome] == "completed" and p[key] is not None])
         if len(v):
             ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", color=color, lw=2, label=f"{label}, n={len(v)}")
+    vals = [p[k] for p in pairs for k in ("real_ms", "sim_ms") if p[k]]
+    if vals and max(vals) / max(min(vals), 1e-9) > 20:
+        ax.set_xscale("log")
     ax.set_xlabel("request latency (ms), REQUEST_SUBMITTED -> REQUEST_COMPLETED")
     ax.set_ylabel("fraction of requests")
     ax.set_ylim(0, 1.02)
@@ -77,7 +83,8 @@ def _timeline(c: Comparison, path: Path) -> None:
             ax.barh(y, d, left=0, color=color, alpha=0.45, edgecolor=color, height=0.6)
             if rec is not None:
                 ax.barh(y, rec, left=d, color=color, alpha=0.95, height=0.6)
-                ax.text(d + rec, y, f"  {d + rec:.0f} ms", va="center", fontsize=8)
+                ax.text(d + rec, y, f"  detected {d:.0f} ms, recovered after {rec:.0f} ms more", va="center",
+                        fontsize=8)
             else:
                 ax.text(d, y, "  not recovered", va="center", fontsize=8)
         ax.set_yticks([0, 1], ["sim", "real"])
@@ -85,7 +92,7 @@ def _timeline(c: Comparison, path: Path) -> None:
         ax.set_xlabel("ms since injection")
         ax.grid(axis="x", alpha=0.3)
         ax.set_xlim(0, max(((f.real_detection_ms or 0) + (f.real_recovery_ms or 0)),
-                           ((f.sim_detection_ms or 0) + (f.sim_recovery_ms or 0)), 1.0) * 1.25)
+                           ((f.sim_detection_ms or 0) + (f.sim_recovery_ms or 0)), 1.0) * 1.6)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
