@@ -60,6 +60,7 @@ class RealDriver:
     outputs: dict[tuple[int, int], dict[str, np.ndarray]] = field(default_factory=dict)
     timers: dict[Any, int] = field(default_factory=dict)
     aborted: str | None = None
+    on_server: Any = None   # called with the WorkerServer once it listens (tests, observers)
 
     def now(self) -> float:
         return (time.monotonic() - self._t0) * 1000.0
@@ -76,6 +77,8 @@ class RealDriver:
         async with WorkerServer(self.shards.directory, secret,
                                 heartbeat_interval_ms=self.coord.s.heartbeat_interval_ms,
                                 on_event=self._server_event) as self.server:
+            if self.on_server is not None:
+                self.on_server(self.server)
             async with BrowserPool(self.launcher) as self.pool:
                 self._trap_signals()
                 try:
@@ -214,7 +217,11 @@ class RealDriver:
         match ev:
             case WorkerConnected(browser_id=b, conn=conn, capabilities=caps, reconnect=again):
                 st = self.browsers.get(b)
-                if st is None or st.killed:
+                if st is None:   # holds the secret but is no browser of this run: logged, never acted on
+                    self.observe(r.MessageRejected(self.now(), browser=None,
+                                                   reason=f"hello from unknown browser id {b!r}; ignored"))
+                    return
+                if st.killed:
                     return
                 st.conn = conn
                 self._spawn(self._watch_socket(b, conn))

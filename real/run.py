@@ -34,7 +34,7 @@ class RealRun:
 
 def run_real(s: Scenario, run_id: str | None = None, headed: bool = False, launcher: str = "auto",
              timeout_s: float = 600.0, on_log=None, on_coordinator=None,
-             history_speed: dict | None = None) -> RealRun:
+             history_speed: dict | None = None, on_server=None) -> RealRun:
     plan = make_plan(s.model, s.shards, s.shard_type, batch_size=s.workload.batch_size, seq_len=s.workload.seq_len)
     shards = prepare_shards(plan, seed=s.seed)
     coord = Coordinator(build_config(s, plan, history_speed=history_speed))
@@ -43,7 +43,7 @@ def run_real(s: Scenario, run_id: str | None = None, headed: bool = False, launc
         on_coordinator(coord)   # read-only access for observers (tests, progress)
     inputs = list(compile_scenario(s))
     driver = RealDriver(coord, shards, inputs, backend=str(s.backend), headed=headed, launcher=launcher,
-                        run_timeout_s=timeout_s)
+                        run_timeout_s=timeout_s, on_server=on_server)
     run_id = run_id or uuid.uuid4().hex
     try:
         asyncio.run(driver.run())
