@@ -52,6 +52,9 @@ FULL = os.environ.get("SHARDTWIN_FULL_MATRIX") == "1"
 SHARD_COUNT = {"layer": 2, "attention_feedforward": 4, "component": 3}
 MIXES = {"chromium": ["chromium"], "firefox": ["firefox"], "mixed": ["chromium", "firefox"]}
 BACKENDS = ("wasm", "webgpu")
+# Not a detection test: a page busy creating a session (Chromium blocks its main thread for it) on a
+# loaded 2-core host can miss heartbeats for > 5 s, which at level none ends the run (seen once).
+LOOSE = {"detector_timeout_ms": 30000.0}
 CI_SUBSET = {("layer", "wasm", "mixed"), ("attention_feedforward", "webgpu", "firefox"),
              ("component", "wasm", "chromium"), ("component", "webgpu", "mixed")}
 
@@ -132,7 +135,7 @@ def test_sharded_embedding_equals_the_unsharded_reference(shard_type, backend, m
     for kind in set(MIXES[mix]):
         need(kind)
     s = parse_scenario({"model": MODEL, "shards": SHARD_COUNT[shard_type], "shard_type": shard_type,
-                        "browsers": MIXES[mix], "backend": backend, "fault_tolerance_level": "none",
+                        "browsers": MIXES[mix], "backend": backend, "fault_tolerance_level": "none", "tolerance": LOOSE,
                         "workload": {"kind": "iterations", "iterations": 2, "seq_len": SEQ}})
     run = run_real(s, timeout_s=240)
     _all_completed(run)
@@ -163,7 +166,7 @@ def test_vit_two_layer_shards_match_local_onnxruntime_and_the_full_graph(mix, ne
         need(kind)
     model = "vit-base-patch16-224"
     s = parse_scenario({"model": model, "shards": 2, "shard_type": "layer", "browsers": MIXES[mix],
-                        "backend": "wasm", "fault_tolerance_level": "none",
+                        "backend": "wasm", "fault_tolerance_level": "none", "tolerance": LOOSE,
                         "workload": {"kind": "iterations", "iterations": 2, "seq_len": SEQ}})
     run = run_real(s, timeout_s=300)
     _all_completed(run)
