@@ -7,6 +7,12 @@ Rules:
 - Time is injected: `now()` = ms since the run started on the monotonic clock.
 - Observations about a browser come from the incarnation that is current: a socket or a
   process that belonged to an incarnation we killed on command is never reported.
+- Shard runs are also logged as TRANSFER_COMPLETED records (coordinator clock), `in` once the
+  run frame is sent and `out` once its result is back:
+  `in` = tensor bytes sent, ms from the run's start here to the frame written to the socket (feeds
+  gathered, encoded, sent); `out` = result bytes, ms = the rest of the round trip outside the
+  page-measured compute (both network legs, the page's decode, queueing and encode, our decode).
+  The page reports no timestamps of its own, so the network legs cannot be told apart.
 - Every browser ends when the run ends (BrowserPool), also on error and Ctrl-C; the run's
   events so far are returned for the store either way (RealRun.log, RealRun.aborted).
 """
@@ -303,11 +309,17 @@ class RealDriver:
         if st is None or st.conn is None:
             return
         conn = st.conn
+        t_start = self.now()
         feeds = self.shards.feeds(cmd.shard, cmd.request_id, {d: self.outputs[(cmd.request_id, d)]
                                                               for d in cmd.inputs if (cmd.request_id, d) in self.outputs})
-        try:
-            frame = await conn.run(cmd.request_id, cmd.shard, cmd.attempt, feeds,
-                                   timeout=self.coord.s.request_timeout_ms / 1000.0)
+        try:   # conn.run(), split at the send so that the two legs can be timed
+            fut = conn._expect(("run", cmd.request_id, cmd.shard, cmd.attempt))
+            await conn.send_run(cmd.request_id, cmd.shard, cmd.attempt, feeds)
+            t_sent = self.now()
+            self.observe(r.TransferCompleted(t_sent, request_id=cmd.request_id, shard=cmd.shard, browser=cmd.browser,
+                                             nbytes=float(_nbytes(feeds)), ms=t_sent - t_start, direction="in"))
+            frame = await conn._await(fut, self.coord.s.request_timeout_ms / 1000.0,
+                                      f"run req {cmd.request_id} shard {cmd.shard}")
         except (WorkerGoneError, asyncio.TimeoutError):
             return
         except WorkerReportedError as exc:
@@ -317,6 +329,9 @@ class RealDriver:
         except Exception:
             return
         self.outputs[(cmd.request_id, cmd.shard)] = dict(frame.tensors)
+        self.observe(r.TransferCompleted(self.now(), request_id=cmd.request_id, shard=cmd.shard, browser=cmd.browser,
+                                         nbytes=float(_nbytes(frame.tensors)), direction="out",
+                                         ms=max(0.0, self.now() - t_sent - float(frame.ms))))
         self.observe(r.ShardCompleted(self.now(), request_id=cmd.request_id, shard=cmd.shard, browser=cmd.browser,
                                       attempt=cmd.attempt, compute_ms=float(frame.ms)))
         if cmd.request_id not in self.coord.st.active:
@@ -397,6 +412,10 @@ class RealDriver:
                     return   # the browser went away meanwhile: nothing to clear
             self.observe(r.FaultCleared(self.now(), fault=kind, browser=b))
         self._spawn(later())
+
+
+def _nbytes(tensors: Any) -> int:
+    return sum(int(np.asarray(a).nbytes) for a in tensors.values())
 
 
 def _flat(v: Any) -> Any:
