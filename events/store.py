@@ -211,7 +211,10 @@ class Store:
             self.con.execute("COMMIT")
             return out
         except BaseException as exc:
-            self.con.execute("ROLLBACK")
+            try:   # a failed COMMIT (e.g. disk full) may already have ended the transaction
+                self.con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
             if isinstance(exc, ShardtwinError):
                 raise
             if isinstance(exc, (duckdb.Error, pa.ArrowException, OverflowError, TypeError, ValueError)):
