@@ -45,6 +45,25 @@ COLLECT_SUITE = (
 )
 COLLECT_BUDGET_S = 280.0
 
+# Held-out validation: each differs from the collect suite in model/shard count/shard type,
+# recovery strategy and fault (the suite has MiniLM/BERT layer 1-3, AF 3, crash + restart/failover).
+HELDOUT_SUITE = (
+    {"name": "held-out 1: bert 3 attention_feedforward, crash chromium, restart", "model": "bert-base-uncased",
+     "shards": 3, "shard_type": "attention_feedforward", "browsers": ["chromium", "firefox", "firefox"],
+     "fault_tolerance_level": "low", "workload": _IT(8, 32),
+     "faults": [{"type": "browser_crash", "at_ms": 1500.0, "browser": "chromium"}]},
+    {"name": "held-out 2: minilm 2 layer, hang firefox, progressive + standby", "model": "all-MiniLM-L6-v2",
+     "shards": 2, "shard_type": "layer", "browsers": ["firefox", "chromium"], "fault_tolerance_level": "medium",
+     "workload": _IT(20, 48), "faults": [{"type": "hang", "at_ms": 1000.0, "browser": "firefox"}]},
+    {"name": "held-out 3: minilm 3 layer, crash firefox, failover", "model": "all-MiniLM-L6-v2", "shards": 3,
+     "shard_type": "layer", "browsers": ["chromium", "firefox", "firefox"], "fault_tolerance_level": "low",
+     "recovery_strategy": "failover", "workload": _IT(15, 64),
+     "faults": [{"type": "browser_crash", "at_ms": 1000.0, "browser": "2"}]},
+    {"name": "held-out 4: minilm 2 attention_feedforward, shard error, retry", "model": "all-MiniLM-L6-v2",
+     "shards": 2, "shard_type": "attention_feedforward", "browsers": ["chromium", "firefox"],
+     "recovery_strategy": "retry", "workload": _IT(15, 96), "faults": [{"type": "shard_error", "at_ms": 800.0, "shard": 1}]},
+)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="run a scenario for real and in sim, compare with SQL, pass/fail")
@@ -57,6 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", default=str(DEFAULT_DB_PATH), metavar="PATH")
     p.add_argument("--report", metavar="DIR", help="write PNG plots and index.html here")
     p.add_argument("--runs", nargs=2, metavar=("REAL_RUN", "SIM_RUN"), help="compare two stored runs, run nothing")
+    p.add_argument("--heldout", action="store_true",
+                   help="run the built-in held-out suite (4 scenarios) and print one markdown table")
     p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="real run limit")
     p.add_argument("--json", action="store_true", help="print the comparison JSON after the table")
     p.add_argument("--no-host-load", action="store_true",
@@ -112,6 +133,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     tol = Tolerance(args.tol_median, args.tol_p95, args.tol_recovery, args.tol_outcome)
     out = sys.stdout.write
     out(tol.describe() + "\n")
+    if args.heldout:
+        return validate_suite(args, tol, out)
     if args.runs:
         real_id, sim_id = args.runs
     else:
@@ -133,6 +156,33 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.json:
         out(json.dumps(cmp.to_dict(), indent=2, default=str) + "\n")
     return 0 if cmp.passed else 1
+
+
+def validate_suite(args: argparse.Namespace, tol, out) -> int:
+    """Every held-out scenario for real and in sim; one markdown row per scenario (+ per fault)."""
+    from events.scenario import parse_scenario
+    from experiments.validate import compare
+    profile = resolve_profile(args.profile, args.db)
+    rows = ["| scenario | real median ms | sim median ms | err | real p95 ms | sim p95 ms | err | fault recovery "
+            "real / sim ms (err) | outcome agreement | background cores |", "|" + "---|" * 10]
+    ok = True
+    for spec in HELDOUT_SUITE:
+        real_id, sim_id = run_pair(parse_scenario({"backend": "wasm", **spec}), profile, args.db, args.timeout,
+                                   condition=not args.no_host_load, out=out)
+        with Store(args.db) as store:
+            c = compare(store.con, real_id, sim_id, tol)
+            from experiments.calibrate import background_of
+            bg = background_of(store, real_id)
+        ok &= c.passed
+        f = lambda v, nd=0: "n/a" if v is None else f"{v:.{nd}f}"  # noqa: E731
+        faults = "; ".join(f"{x.type} {f(x.real_recovery_ms)} / {f(x.sim_recovery_ms)} ({f(x.recovery_err_pct, 1)}%)"
+                           for x in c.faults) or "none"
+        rows.append(f"| {spec['name']} | {f(c.real['median_ms'])} | {f(c.sim['median_ms'])} | "
+                    f"{f(c.median_err_pct, 1)}% | {f(c.real['p95_ms'])} | {f(c.sim['p95_ms'])} | {f(c.p95_err_pct, 1)}% | "
+                    f"{faults} | {f(c.outcome_agreement_pct)}% | {f(bg, 2)} |")
+        out(f"{spec['name']}: real {real_id} sim {sim_id}: {'PASSED' if c.passed else 'FAILED'}\n")
+    out("\n".join(rows) + "\n")
+    return 0 if ok else 1
 
 
 def collect(db: str, suite=COLLECT_SUITE, budget_s: float = COLLECT_BUDGET_S, out=sys.stdout.write) -> list[str]:

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.validate import Comparison, paired_requests, table_rows  # noqa: E402
+from experiments.validate import Comparison, column_labels, paired_requests, table_rows  # noqa: E402
 from shardtwin.errors import InputError  # noqa: E402
 
 REAL, SIM = "#1f77b4", "#ff7f0e"
@@ -108,7 +108,7 @@ def write_report(con: duckdb.DuckDBPyConnection, c: Comparison, directory: str |
     _scatter(pairs, d / "latency_scatter.png")
     _cdf(pairs, d / "latency_cdf.png")
     _timeline(c, d / "recovery_timeline.png")
-    head = ("figure", "real (measured)", "sim (predicted)", "error", "verdict")
+    head = ("figure", *column_labels(c), "error", "verdict")
     rows = "\n".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in table_rows(c))
     t = c.tolerance
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>shardtwin validation</title>

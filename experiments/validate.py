@@ -169,6 +169,8 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[d
 def run_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     s = _rows(con, LATENCY_SUMMARY, [run_id])[0]
     s["throughput_rps"] = _rows(con, THROUGHPUT, [run_id, run_id])[0]["rps"]
+    src = con.execute("SELECT source FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    s["source"] = src[0] if src else None
     return s
 
 
@@ -256,8 +258,16 @@ def table_rows(c: Comparison) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+def column_labels(c: Comparison) -> tuple[str, str]:
+    """'real (measured)' / 'sim (predicted)', or the runs' sources when both are of one engine."""
+    a, b = c.real.get("source"), c.sim.get("source")
+    if (a, b) in (("real", "sim"), (None, None)):
+        return "real (measured)", "sim (predicted)"
+    return f"{a} run A", f"{b} run B"
+
+
 def format_table(c: Comparison, markdown: bool = False) -> str:
-    head = ("figure", "real (measured)", "sim (predicted)", "error", "verdict")
+    head = ("figure", *column_labels(c), "error", "verdict")
     rows = table_rows(c)
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -60,7 +60,7 @@ def test_classify_gaps_idle_load_pressure_and_loads_excluded():
         (5500, "fault_injected", json.dumps({"fault": "memory_pressure"})), (6500, "heartbeat_received", None),
         (7600, "heartbeat_received", None)]]
     got = classify_gaps(ev)
-    assert got == {"idle": [1000.0], "load": [1300.0], "pressure": [1100.0, 1100.0]}
+    assert got == {"idle": [1000.0], "load": [1300.0], "pressure": [1100.0, 1100.0], "startup": [500.0]}
 
 
 def test_ordering_refusals_are_one_line_reasons():
