@@ -487,7 +487,7 @@ def verify(level: str, rec: dict[str, Any], db: str, profile, out=sys.stdout.wri
            "predicted_detection_ms": pred, "steady_state_prediction_ms": steady, "sim_hang_detection_ms": sim_det, "detection_err_pct": det_err,
            "false_suspicions": false, "browser_hours": hours, "expected_false_suspicions": expected,
            "crash_detection_ms": (rows.get(("real", "browser_crash")) or {}).get("detection_ms"),
-           "ok_detection": ok_det, "ok_false_suspicions": bool(ok_false), "ok": bool(ok_det and ok_false)}
+           "ok_detection": bool(ok_det), "ok_false_suspicions": bool(ok_false), "ok": bool(ok_det and ok_false)}
     out(f"verify {level} (real run {real_id}): hang detected after {_ms(measured)} (predicted {pred:.0f} ms by QoS "
         f"for this run's detector window, {steady:.0f} ms in steady state, "
         f"{_ms(sim_det)} by sim; error {_pct(det_err)}: {'ok' if ok_det else 'MISS'} within 20%); "
