@@ -176,7 +176,11 @@ def _noop_star(_: int) -> int:
     return _noop()
 
 
-def make_runner(workers: int | None) -> Runner:
+def make_runner(workers: int | None, ray: str | None = None) -> Runner:
+    """ray: None = local processes; "local" = start a local Ray; anything else = a Ray address."""
+    if ray is not None:
+        from experiments.sweep_ray import RayRunner
+        return RayRunner(None if ray == "local" else ray, workers)
     n = workers or os.cpu_count() or 1
     return SerialRunner() if n == 1 else LocalPoolRunner(n)
 
@@ -355,6 +359,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="events stored per run: none, summary (requests, faults, recovery; default) or all")
     p.add_argument("--out", metavar="FILE", help="write every point's result JSON here")
     p.add_argument("--json", action="store_true", help="print every point's result JSON instead of the summary")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (a local one when no address is given; needs shardtwin[ray])")
     p.add_argument("--quiet", action="store_true", help="no progress bar, print nothing on success")
     p.set_defaults(func=cmd_sweep)
 
@@ -370,7 +376,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise InputError(f"--workers must be >= 1, got {args.workers}")
     sweep = load_sweep(args.spec)                       # every point validated: exit 2 before any run
     t0 = time.perf_counter()
-    with make_runner(args.workers) as runner, Store(args.db) as store:
+    with make_runner(args.workers, args.ray) as runner, Store(args.db) as store:
         show = not args.quiet and sys.stderr.isatty()
         outcomes, sweep_id = execute(sweep, runner, store=store, events=args.events, progress=show)
     wall = time.perf_counter() - t0

@@ -34,10 +34,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.shardtwin-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
   say "installing shardtwin into .venv"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither" || true
+  .venv/bin/python -m pip install -q -e '.[dev,ray]' 2>&1 | grep -v "is ignored: it is neither" || true
   .venv/bin/python -c "import experiments.cli" || { say "pip install failed"; exit 1; }
   touch "$stamp"
 fi
