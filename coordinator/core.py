@@ -39,7 +39,9 @@ class Coordinator(RecoveryRules):
         self._backoff: set[tuple[int, int]] = set()   # (request, shard) waiting for a retry timer
         self._ladders: dict[str, tuple[str, ...]] = {}
         self._draining = False
-        self._hb_armed: set[str] = set()                 # browsers with a detector timer pending  # failed browser -> its recovery actions, in order
+        self._hb_armed: set[str] = set()                 # browsers with a detector timer pending
+        self._fenced: set[str] = set()                   # incarnations we already killed
+        self._relaunches: dict[str, int] = {}            # spares relaunched per browser (capacity restore)  # failed browser -> its recovery actions, in order
         self._now = 0.0
 
     # --- plumbing -----------------------------------------------------------
@@ -117,6 +119,7 @@ class Coordinator(RecoveryRules):
     def _launch(self, b: str) -> None:
         bs = self.st.browsers[b]
         inc = bs.incarnation + 1
+        self._fenced.discard(b)
         self._commit(r.BrowserLaunchRequested(self._now, browser=b, kind=bs.kind, incarnation=inc, role=bs.role))
         self._cmd(c.LaunchBrowser(b, bs.kind, inc))
 
@@ -207,6 +210,8 @@ class Coordinator(RecoveryRules):
         finally:
             self._draining = False
         self._hb_armed: set[str] = set()                 # browsers with a detector timer pending
+        self._fenced: set[str] = set()                   # incarnations we already killed
+        self._relaunches: dict[str, int] = {}            # spares relaunched per browser (capacity restore)
 
     def _on_scheduled(self, o: r.RequestScheduled) -> None:
         self._commit(o)

@@ -93,10 +93,11 @@ class RecoveryRules:
             return
         from coordinator.detector import suspicion_delay
         delay = suspicion_delay(bs.gaps, self.s)
-        silence = self._now - bs.last_heartbeat
+        last = max(bs.last_heartbeat, bs.last_seen or bs.last_heartbeat)   # results count as liveness
+        silence = self._now - last
         if silence + 1e-9 < delay:
             self._hb_armed.add(b)
-            self._cmd(c.ArmTimer(("hb", b), bs.last_heartbeat + delay))
+            self._cmd(c.ArmTimer(("hb", b), last + delay))
             return
         if bs.loading:
             # Creating a shard session occupies the page's main thread for seconds (measured on
@@ -192,6 +193,7 @@ class RecoveryRules:
         if not lost:
             if cause == "heartbeat_timeout":
                 self._fence(b)
+            self._restore_capacity(b)
             return
         strategy = str(self.s.strategy)
         promoted = self._promote_replicas(lost)
@@ -281,7 +283,8 @@ class RecoveryRules:
         return out
 
     def _fence(self, b: str) -> None:
-        if self.st.browsers[b].status in (READY, FAILED, DISCONNECTED, LAUNCHING):
+        if b not in self._fenced and self.st.browsers[b].status in (READY, FAILED, DISCONNECTED, LAUNCHING):
+            self._fenced.add(b)      # one kill per incarnation; _launch clears it
             self._cmd(c.KillBrowser(b, "fenced after failure"))
 
     def _reclaim(self, b: str) -> None:
@@ -303,8 +306,24 @@ class RecoveryRules:
                 self._commit(r.RecoveryCompleted(self._now, browser=rec.browser, strategy=rec.strategy,
                                                  action=rec.action, target=rec.target,
                                                  recovery_ms=self._now - rec.detected))
+                self._restore_capacity(rec.browser)
                 done = True
         return done
+
+    def _restore_capacity(self, b: str) -> None:
+        """A failed browser whose shards now live elsewhere (or that held none: a standby) is
+        relaunched as an empty spare, so the next failure still has a failover target. Bounded
+        by the level's restart attempts per browser; strategies that never relaunch don't."""
+        if self.s.strategy in (RS.NONE, RS.RETRY, RS.RECONNECT):
+            return
+        if self.st.browsers[b].status in (READY, LAUNCHING) or b in self.st.recoveries:
+            return
+        used = self._relaunches.get(b, 0)
+        if used >= max(1, self.s.restart_attempts):
+            return
+        self._relaunches[b] = used + 1
+        self._fence(b)
+        self._launch(b)
 
     def _fail_unavailable(self) -> None:
         st = self.st

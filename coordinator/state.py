@@ -35,6 +35,7 @@ class BrowserState:
     loaded: set[int] = field(default_factory=set)
     loading: set[int] = field(default_factory=set)
     last_heartbeat: float | None = None
+    last_seen: float | None = None                         # last message of any kind (liveness evidence)
     gaps: list[float] = field(default_factory=list)       # recent heartbeat gaps (phi-accrual window)
     running: int = 0                                       # shard runs dispatched, not yet answered
 
@@ -130,6 +131,7 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
             st.browsers[b].running += 1
         case r.ShardCompleted(request_id=q, shard=s, browser=b, attempt=a):
             rq = st.requests.get(q)
+            _seen(st.browsers[b], rec.t_ms)
             if rq is None or rq.running.get(s) != (b, a):
                 st.stale += 1
             else:
@@ -138,7 +140,7 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
                 _one_less(st.browsers[b])
         case r.BrowserLaunchRequested(browser=b, incarnation=inc):
             bs = st.browsers[b]
-            bs.status, bs.incarnation, bs.last_heartbeat = LAUNCHING, inc, None
+            bs.status, bs.incarnation, bs.last_heartbeat, bs.last_seen = LAUNCHING, inc, None, None
             bs.loaded.clear(); bs.loading.clear(); bs.gaps.clear(); bs.running = 0
         case r.BrowserReady(browser=b, t_ms=t):
             bs = st.browsers[b]
@@ -180,8 +182,9 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
                 sh.replicas.add(b)
         case r.ShardLoadStarted(shard=s, browser=b):
             st.browsers[b].loading.add(s)
-        case r.ShardLoaded(shard=s, browser=b):
+        case r.ShardLoaded(shard=s, browser=b, t_ms=t):
             bs = st.browsers[b]
+            _seen(bs, t)
             bs.loading.discard(s)
             if bs.status in (READY, LAUNCHING):
                 bs.loaded.add(s)
@@ -203,6 +206,8 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
             if c is not None:
                 st.clients[c] = st.clients.get(c, 0) + 1
         case r.ShardFailed(request_id=q, shard=s, browser=b, attempt=a, reason=why):
+            if why != "browser_failed":       # the page itself answered (our own verdicts say browser_failed)
+                _seen(st.browsers[b], rec.t_ms)
             rq = st.requests.get(q)
             if rq is None or rq.running.get(s) != (b, a):
                 st.stale += 1
@@ -268,6 +273,12 @@ def _heartbeat(bs: BrowserState, t: float) -> None:
         if len(bs.gaps) > 100:
             del bs.gaps[0]
     bs.last_heartbeat = t
+
+
+def _seen(bs: BrowserState, t: float) -> None:
+    """Any answer from a ready page is evidence that it is alive (piggybacked heartbeat)."""
+    if bs.status == READY and (bs.last_seen is None or t > bs.last_seen):
+        bs.last_seen = t
 
 
 def _finish(st: State, q: int, outcome: str) -> None:
