@@ -117,6 +117,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     run = run_real(scenario, headed=args.headed, launcher=args.launcher, timeout_s=args.timeout)
     ref = reference_embedding(list(args.text), args.model, seq_len=args.seq_len)
     out = []
+    used = _backends_used(run, args.backend)
     for i, text in enumerate(args.text):
         got = _embedding(run, i, args.seq_len)
         if got is None:
@@ -125,14 +126,25 @@ def cmd_infer(args: argparse.Namespace) -> int:
         cos = float(np.dot(got, want) / (np.linalg.norm(got) * np.linalg.norm(want)))
         out.append({"text": text, "embedding": [round(float(x), 7) for x in got], "cosine_vs_reference": cos,
                     "max_abs_error": float(np.max(np.abs(got - want))), "weights": run.shards.weights,
-                    "browsers": browsers, "backend": args.backend})
+                    "browsers": browsers, "backend": args.backend, "backend_used": used})
     if args.json:
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
     else:
         for o in out:
             sys.stdout.write(f"{o['text']!r}: dim {len(o['embedding'])}, cosine vs onnxruntime "
-                             f"{o['cosine_vs_reference']:.8f}, max abs err {o['max_abs_error']:.2e}\n")
+                             f"{o['cosine_vs_reference']:.8f}, max abs err {o['max_abs_error']:.2e}, "
+                             f"ran on {', '.join(f'{b}={k}' for b, k in o['backend_used'].items())}\n")
     return 0 if all(o["cosine_vs_reference"] >= 0.99999 for o in out) else 1
+
+
+def _backends_used(run, requested: str) -> dict[str, str]:
+    """browser id -> the backend its shards really ran on (a BACKEND_FALLBACK event says otherwise)."""
+    from events.schema import EventKind
+    used = {e.browser: requested for e in run.log.events if e.kind == EventKind.SHARD_COMPLETED}
+    for e in run.log.events:
+        if e.kind == EventKind.BACKEND_FALLBACK and e.browser in used:
+            used[e.browser] = e.details().get("got") or requested
+    return dict(sorted(used.items()))
 
 
 def _embedding(run, q: int, seq_len: int) -> np.ndarray | None:
