@@ -2,7 +2,10 @@
 
 all-MiniLM-L6-v2 (real weights), seq 32, chromium + firefox (+ the medium level's standby):
 - memory_pressure: the page really allocates and touches `level` MB (medium = 768); the
-  browser's PSS samples (MEMORY_SAMPLED) show the growth; the run survives and stays correct;
+  browser's PSS samples (MEMORY_SAMPLED) show the growth; the run survives and stays correct
+  (the page touches the memory in one main-thread loop: on a loaded host that silences its
+  heartbeats for seconds, and with the medium level's 2 s detector timeout the browser is
+  then failed over as hung - seen in bench/real_pipeline.py; here the timeout is 20 s);
 - shard_error: the page's next run of the shard throws; the coordinator retries on the same
   browser and the request completes, correctly;
 - slow: Chromium is throttled through CDP (Emulation.setCPUThrottlingRate; the process launcher
