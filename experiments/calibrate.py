@@ -46,10 +46,9 @@ RATE_FIELD = {"matmul": "matmul_gflops", "attention": "attention_gflops", "eleme
 # Elementwise FLOPs keep a near-fixed ratio to matmul inside a layer: not identifiable, the prior holds.
 PRIOR_WEIGHT = {"matmul": 0.01, "attention": 0.01, "elementwise": 0.5, "conv": 0.5}
 QUANTILES = 21           # heartbeat extra-delay quantiles kept in the profile
-# Renderer CPU weights tried against runs under different background load. Only 1.0 (nice 0) now:
-# over the collected runs the per-run speed did not follow the measured background load (a lower
-# weight only fitted noise), so background load slows a page only beyond the host's free cores.
-WEIGHTS = (1.0,)
+# Renderer CPU weights tried against runs under different measured background load (CFS shares;
+# Chromium backgrounds some renderers at nice 5 ~ 0.33). The weight that makes the runs agree best wins.
+WEIGHTS = (1.0, 0.7, 0.5, 0.33, 0.2)
 STEADY_INDEX = 4         # runs in a page before its compute speed is steady (Chromium tier-up)
 TAUS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 
