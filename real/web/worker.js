@@ -209,14 +209,20 @@ function inject(m) {
   switch (m.fault) {
     case 'hang': ack(m); setTimeout(() => busy(Number(p.ms) || 0), 0); break;
     case 'memory_pressure':
-      try {
-        for (let left = Number(p.mb) || 0; left > 0; left -= 16) {
-          const a = new Uint8Array(Math.min(16, left) * 2 ** 20);
-          for (let i = 0; i < a.length; i += 4096) a[i] = 1; // touch every page
-          st.held.push(a);
-        }
-        ack(m);
-      } catch (e) { sendError('oom', `${e} after holding ${heldMb()} MB`, { injected: true }); }
+      // Allocate in 16 MB chunks and yield to the event loop every 64 MB: the pressure is real
+      // memory, not a main-thread hang (heartbeats keep flowing unless memory really runs out).
+      (async () => {
+        try {
+          let since = 0;
+          for (let left = Number(p.mb) || 0; left > 0; left -= 16) {
+            const a = new Uint8Array(Math.min(16, left) * 2 ** 20);
+            for (let i = 0; i < a.length; i += 4096) a[i] = 1; // touch every page
+            st.held.push(a);
+            if ((since += 16) >= 64) { since = 0; await new Promise((r) => setTimeout(r, 0)); }
+          }
+          ack(m);
+        } catch (e) { sendError('oom', `${e} after holding ${heldMb()} MB`, { injected: true }); }
+      })();
       break;
     case 'shard_error': st.failNext.set(p.shard, (st.failNext.get(p.shard) || 0) + (p.count ?? 1)); ack(m); break;
     case 'slow': st.slow = Math.max(1, Number(p.factor) || 1); ack(m); break;
