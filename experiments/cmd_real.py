@@ -1,4 +1,9 @@
-"""`shardtwin real` (a scenario in real browsers), `shardtwin replay`, `shardtwin infer`."""
+"""`shardtwin real` (a scenario in real browsers), `shardtwin replay`, `shardtwin infer`.
+
+Remote browsers (real/remote.py): `--browsers chromium,remote` or `--remote-browsers N` make slots
+that launch nothing and print a join URL; `--bind` makes the worker channel reachable from
+another network; `--playwright-endpoint` launches the local slots through a Playwright server.
+"""
 
 from __future__ import annotations
 
@@ -47,16 +52,53 @@ def _real_flags(p: argparse.ArgumentParser, backend: bool = True) -> None:
     p.add_argument("--headed", action="store_true", help="show the browser windows")
     p.add_argument("--launcher", choices=["auto", "playwright", "process"], default="auto")
     p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="whole-run limit")
+    g = p.add_argument_group("remote browsers")
+    g.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
+                   help="also serve the worker channel on ADDRESS (default loopback only; a secret is always required)")
+    g.add_argument("--public-host", metavar="HOST", help="host named in join URLs (default: the --bind address)")
+    g.add_argument("--remote-browsers", type=int, default=0, metavar="N",
+                   help="the last N browsers of the list are remote: print a join URL for each and wait "
+                        "(or name them in --browsers: chromium,remote,remote:firefox)")
+    g.add_argument("--join-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="how long a remote slot waits for a page to (re)join before it counts as exited")
+    g.add_argument("--playwright-endpoint", metavar="WS_URL",
+                   help="launch the local browsers through playwright.<kind>.connect(WS_URL) (a Playwright "
+                        "launch-server / run-server elsewhere) instead of on this machine")
 
 
-def real_and_store(scenario, db: str, headed=False, launcher="auto", timeout_s=600.0) -> dict:
+def split_remote_browsers(args: argparse.Namespace) -> tuple[int, ...]:
+    """Rewrites args.browsers' `remote[:KIND]` entries to kinds; returns their indices."""
+    from real.remote import split_browser_spec
+    if not getattr(args, "browsers", None):
+        return ()
+    kinds, remote = split_browser_spec([b.strip() for b in args.browsers.split(",") if b.strip()])
+    args.browsers = ",".join(kinds)
+    return remote
+
+
+def remote_options(args: argparse.Namespace, scenario, named: tuple[int, ...] = ()):
+    """RemoteOptions from the flags (warns once on stderr when --bind is not loopback)."""
+    from real.remote import RemoteOptions, bind_warning, last_slots
+    if named and args.remote_browsers:
+        raise InputError("name remote slots in --browsers or give --remote-browsers, not both")
+    slots = named or last_slots(len(scenario.browser_list()), args.remote_browsers)
+    if (warning := bind_warning(args.bind)) is not None:
+        sys.stderr.write(warning + "\n")
+    if slots and args.playwright_endpoint is None and args.bind == "127.0.0.1" and not args.public_host:
+        sys.stderr.write("shardtwin: remote slots with --bind 127.0.0.1: their join URLs work only on this machine "
+                         "or through a port-forward (ssh -L PORT:127.0.0.1:PORT)\n")
+    return RemoteOptions(bind=args.bind, public_host=args.public_host, remote_slots=slots,
+                         join_timeout_s=args.join_timeout, playwright_endpoint=args.playwright_endpoint)
+
+
+def real_and_store(scenario, db: str, headed=False, launcher="auto", timeout_s=600.0, remote=None) -> dict:
     from real.run import run_real
     with open_store(db) as store:
         run_id = store.begin_run("real", scenario, "real", scenario.seed, host_info())
         holder: dict = {}
         try:
             run = run_real(scenario, run_id=run_id, headed=headed, launcher=launcher, timeout_s=timeout_s,
-                           on_log=lambda log: holder.setdefault("log", log))
+                           on_log=lambda log: holder.setdefault("log", log), remote=remote)
         except BaseException:
             if "log" in holder:
                 store.abort_run(run_id, holder["log"], reason="interrupted or failed")
@@ -65,7 +107,7 @@ def real_and_store(scenario, db: str, headed=False, launcher="auto", timeout_s=6
             raise
         res = seed_result(run.log, scenario, run.plan, run.coordinator.s,
                           extra={"weights": run.shards.weights, "backend_requested": str(scenario.backend),
-                                 "aborted": run.aborted})
+                                 "aborted": run.aborted, **_remote_extra(run, remote)})
         if run.aborted:
             store.abort_run(run_id, run.log, reason=run.aborted)
         else:
@@ -73,9 +115,18 @@ def real_and_store(scenario, db: str, headed=False, launcher="auto", timeout_s=6
     return res
 
 
+def _remote_extra(run, remote) -> dict:
+    if remote is None or not (remote.remote_slots or remote.playwright_endpoint or remote.bind != "127.0.0.1"):
+        return {}
+    return {"remote": {"bind": remote.bind, "playwright_endpoint": remote.playwright_endpoint,
+                       "joins": [{k: v for k, v in j.items()} for j in (run.joins or [])]}}
+
+
 def cmd_real(args: argparse.Namespace) -> int:
+    named = split_remote_browsers(args)
     scenario = scenario_from_args(args)
-    res = real_and_store(scenario, args.db, args.headed, args.launcher, args.timeout)
+    remote = remote_options(args, scenario, named)
+    res = real_and_store(scenario, args.db, args.headed, args.launcher, args.timeout, remote)
     emit_result(args, res)
     if res.get("aborted") in ("interrupted", "terminated"):
         sys.stderr.write(f"shardtwin: {res['aborted']}; the run is stored as aborted with its events\n")
@@ -97,7 +148,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from sim.profile import load_profile
         results.append(simulate_and_store(scenario, load_profile(args.profile), args.db))
     if args.mode in ("real", "both"):
-        results.append(real_and_store(scenario, args.db, args.headed, args.launcher, args.timeout))
+        results.append(real_and_store(scenario, args.db, args.headed, args.launcher, args.timeout,
+                                      remote_options(args, scenario)))
     for res in results:
         emit_result(args, res)
     return 0
@@ -107,6 +159,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from events.scenario import parse_scenario
     from models.reference import reference_embedding
     from real.run import run_real
+    named = split_remote_browsers(args)
     browsers = [b.strip() for b in args.browsers.split(",") if b.strip()]
     scenario = parse_scenario({
         "model": args.model, "shards": args.shards, "shard_type": args.shard_type, "browsers": browsers,
@@ -114,7 +167,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
                                               "batch_size": 1, "seq_len": args.seq_len}})
     from real import shards as shards_mod
     shards_mod.SENTENCES_OVERRIDE = tuple(args.text)
-    run = run_real(scenario, headed=args.headed, launcher=args.launcher, timeout_s=args.timeout)
+    run = run_real(scenario, headed=args.headed, launcher=args.launcher, timeout_s=args.timeout,
+                   remote=remote_options(args, scenario, named))
     ref = reference_embedding(list(args.text), args.model, seq_len=args.seq_len)
     out = []
     used = _backends_used(run, args.backend)

@@ -15,6 +15,10 @@ Rules:
   The page reports no timestamps of its own, so the network legs cannot be told apart.
 - Every browser ends when the run ends (BrowserPool), also on error and Ctrl-C; the run's
   events so far are returned for the store either way (RealRun.log, RealRun.aborted).
+- Remote browsers (real/remote.py, RemoteOptions): a remote slot's LaunchBrowser announces a join
+  URL instead of starting a process (RealDriver.joins); with a Playwright endpoint, local slots are
+  launched through it. Neither has a pid: no ProcessObserved, no memory samples; their
+  browser_crash is an in-page / connection fault; KillBrowser fences them (closed, ignored).
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ from events import records as r
 from events.schema import Event, EventKind
 from real.browsers import BrowserHandle, BrowserPool
 from real.protocol import FaultApplied, Heartbeat
+from real.remote import ConnectedBrowser, JoinSlot, RemoteOptions, announce, connect_browser, crash, public_host
 from real.server import (MessageReceived, WorkerConnected, WorkerGoneError, WorkerRejected,
                          WorkerReportedError, WorkerServer)
 from real.shards import ShardSet
+from shardtwin.errors import RealRunError
 
 EXIT_GRACE_S = 0.25     # after a socket close, how long to look for the process exit
 PRESSURE_MB = {"low": 256, "medium": 768, "high": 3072}
@@ -67,6 +73,8 @@ class RealDriver:
     timers: dict[Any, int] = field(default_factory=dict)
     aborted: str | None = None
     on_server: Any = None   # called with the WorkerServer once it listens (tests, observers)
+    remote: RemoteOptions = field(default_factory=RemoteOptions)
+    joins: list[dict] = field(default_factory=list)   # every join URL announced (remote slots)
 
     def now(self) -> float:
         return (time.monotonic() - self._t0) * 1000.0
@@ -80,9 +88,14 @@ class RealDriver:
         self._tasks: set[asyncio.Task] = set()
         self._inputs_scheduled = False
         secret = secrets.token_urlsafe(24)
+        slots = [b.id for b in self.coord.cfg.browsers if b.role == "worker"]
+        if any(not 0 <= i < len(slots) for i in self.remote.remote_slots):
+            raise RealRunError(f"remote slots {list(self.remote.remote_slots)}: the run has {len(slots)} browser(s)")
+        self._remote_ids = frozenset(slots[i] for i in self.remote.remote_slots)
         async with WorkerServer(self.shards.directory, secret,
                                 heartbeat_interval_ms=self.coord.s.heartbeat_interval_ms,
-                                on_event=self._server_event) as self.server:
+                                on_event=self._server_event, host=self.remote.bind,
+                                public_host=public_host(self.remote.bind, self.remote.public_host)) as self.server:
             if self.on_server is not None:
                 self.on_server(self.server)
             async with BrowserPool(self.launcher) as self.pool:
@@ -189,9 +202,17 @@ class RealDriver:
         st = self.browsers.setdefault(cmd.browser, _Browser())
         st.incarnation, st.killed, st.conn, st.launched_at = cmd.incarnation, False, None, self.now()
         st.exit_reported = False
+        if cmd.browser in self._remote_ids:
+            self._join(cmd, st)
+            return
         try:
-            h = await self.pool.launch(cmd.kind, self.server.worker_url(cmd.browser), browser_id=cmd.browser,
-                                       headed=self.headed)
+            if self.remote.playwright_endpoint:
+                h = await connect_browser(await self.pool._playwright(), cmd.kind, self.remote.playwright_endpoint,
+                                          self.server.issue_join(cmd.browser)[1], cmd.browser)
+                self.pool.handles.append(h)   # closed with the pool
+            else:
+                h = await self.pool.launch(cmd.kind, self.server.worker_url(cmd.browser), browser_id=cmd.browser,
+                                           headed=self.headed)
         except Exception as exc:  # a browser that would not start is an exited browser
             self.observe(r.BrowserExited(self.now(), browser=cmd.browser, reason=f"launch failed: {exc}"))
             return
@@ -200,7 +221,18 @@ class RealDriver:
             return
         st.handle = h
         self._spawn(self._watch_process(cmd.browser, h))
-        self.observe(r.ProcessObserved(self.now(), browser=cmd.browser, pid=int(h.pid or 0), rss_mb=h.rss_mb()))
+        if not isinstance(h, ConnectedBrowser):   # no local process to observe
+            self.observe(r.ProcessObserved(self.now(), browser=cmd.browser, pid=int(h.pid or 0), rss_mb=h.rss_mb()))
+
+    def _join(self, cmd: c.LaunchBrowser, st: _Browser) -> None:
+        """A remote slot: announce a join URL for this incarnation and wait for a page to use it."""
+        h = JoinSlot(cmd.kind, cmd.browser, self.server, self.remote.join_timeout_s, rejoin=cmd.incarnation > 1)
+        st.handle = h
+        self.pool.handles.append(h)
+        entry = {"browser": cmd.browser, "incarnation": cmd.incarnation, "url": h.url, "t_ms": self.now()}
+        self.joins.append(entry)
+        announce(entry, self.remote)
+        self._spawn(self._watch_process(cmd.browser, h))
 
     async def _watch_process(self, b: str, h: BrowserHandle) -> None:
         inc = self.browsers[b].incarnation
@@ -209,7 +241,8 @@ class RealDriver:
         st = self.browsers.get(b)
         if st is not None and st.handle is h and not st.killed and not st.exit_reported:
             st.exit_reported = True
-            self.observe(r.BrowserExited(self.now(), browser=b, reason="process exited", incarnation=inc))
+            self.observe(r.BrowserExited(self.now(), browser=b, reason=getattr(h, "exit_reason", "process exited"),
+                                         incarnation=inc))
 
     def _kill(self, b: str) -> None:
         st = self.browsers.get(b)
@@ -229,6 +262,8 @@ class RealDriver:
                     return
                 if st.killed:
                     return
+                if isinstance(st.handle, JoinSlot):
+                    st.handle.mark_joined(conn)
                 st.conn = conn
                 self._spawn(self._watch_socket(b, conn))
                 if again and self.coord.st.browsers[b].status != "launching":
@@ -261,10 +296,13 @@ class RealDriver:
         h = st.handle
         # A killed process closes its sockets before it can be reaped: give the exit a moment
         # (measured 25-150 ms here) so a crash is reported as an exit, not as a mere disconnect.
-        if h is not None and await h.wait_exited(EXIT_GRACE_S) and st.handle is h and not st.killed:
+        # A join slot has no process: its closed socket is all we can see, at once.
+        if h is not None and not isinstance(h, JoinSlot) and await h.wait_exited(EXIT_GRACE_S) \
+                and st.handle is h and not st.killed:
             if not st.exit_reported:
                 st.exit_reported = True
-                self.observe(r.BrowserExited(self.now(), browser=b, reason="process exited", incarnation=inc))
+                self.observe(r.BrowserExited(self.now(), browser=b, reason=getattr(h, "exit_reason", "process exited"),
+                                             incarnation=inc))
         self.observe(r.ConnectionClosed(self.now(), browser=b, incarnation=inc))
 
     async def _sample_memory(self) -> None:
@@ -369,7 +407,7 @@ class RealDriver:
         conn = st.conn
         dur = d.get("duration_ms")
         if kind == "browser_crash":
-            st.handle.kill()       # real SIGKILL of the browser's process group; NOT marked as ours
+            await crash(st.handle)  # real SIGKILL of the process group (remote: in-page); NOT marked as ours
         elif kind == "disconnect" and conn is not None:
             delay = d.get("reconnect_delay_ms")
             await conn.send_inject("disconnect", delay_ms=float(delay) if delay is not None else 10 ** 9)

@@ -19,6 +19,7 @@ from events.scenario_compile import compile_scenario
 from events.schema import EventLog, numbered
 from models.partition import ShardPlan, make_plan
 from real.driver import RealDriver
+from real.remote import RemoteOptions
 from real.shards import ShardSet, prepare_shards
 from shardtwin.vocab import Source
 
@@ -30,11 +31,12 @@ class RealRun:
     coordinator: Coordinator
     shards: ShardSet
     aborted: str | None
+    joins: list[dict] | None = None   # join URLs announced for remote slots (real/remote.py)
 
 
 def run_real(s: Scenario, run_id: str | None = None, headed: bool = False, launcher: str = "auto",
              timeout_s: float = 600.0, on_log=None, on_coordinator=None,
-             history_speed: dict | None = None, on_server=None) -> RealRun:
+             history_speed: dict | None = None, on_server=None, remote: RemoteOptions | None = None) -> RealRun:
     plan = make_plan(s.model, s.shards, s.shard_type, batch_size=s.workload.batch_size, seq_len=s.workload.seq_len)
     shards = prepare_shards(plan, seed=s.seed)
     coord = Coordinator(build_config(s, plan, history_speed=history_speed))
@@ -43,7 +45,7 @@ def run_real(s: Scenario, run_id: str | None = None, headed: bool = False, launc
         on_coordinator(coord)   # read-only access for observers (tests, progress)
     inputs = list(compile_scenario(s))
     driver = RealDriver(coord, shards, inputs, backend=str(s.backend), headed=headed, launcher=launcher,
-                        run_timeout_s=timeout_s, on_server=on_server)
+                        run_timeout_s=timeout_s, on_server=on_server, remote=remote or RemoteOptions())
     run_id = run_id or uuid.uuid4().hex
     try:
         asyncio.run(driver.run())
@@ -51,4 +53,4 @@ def run_real(s: Scenario, run_id: str | None = None, headed: bool = False, launc
         log = EventLog(run_id, Source.REAL, numbered([*inputs, *(to_event(rec) for rec in coord.log)]))
         if on_log is not None:
             on_log(log)
-    return RealRun(log, plan, coord, shards, driver.aborted)
+    return RealRun(log, plan, coord, shards, driver.aborted, list(driver.joins))

@@ -1,11 +1,14 @@
 """The worker server: static worker page + ONNX shards over HTTP, the data plane over WebSocket.
 
 Rules:
-- Binds 127.0.0.1 only (WebGPU needs a secure context; nothing else should reach it), port 0.
+- Binds 127.0.0.1, port 0 (WebGPU needs a secure context; nothing else should reach it). With
+  `host` set to another address (remote browsers, real/remote.py) it also listens there, on a
+  second port: local browsers keep using loopback; the secret is still required on both.
 - Every response carries COOP/COEP/CORP (cross-origin isolation: WASM threads need it).
 - Static names are validated against a strict pattern and served only from their directory.
-- A worker is accepted only after a hello carrying the per-run secret (constant-time compare);
-  anything else is closed with 1008 (policy) and reported as a WorkerRejected event.
+- A worker is accepted only after a hello carrying the per-run secret, or the join secret issued
+  for exactly that browser id (remote slots: `join_url`; a new join revokes the old one;
+  constant-time compare); anything else is closed with 1008 (policy) and reported as a WorkerRejected event.
 - After the hello, every frame that breaks the protocol (malformed, oversized, unknown type) and
   every result frame no run awaits (duplicate, replayed, late, never asked) is dropped and
   reported as WorkerRejected; only awaited results reach a run.
@@ -45,6 +48,8 @@ ISOLATION_HEADERS = {
 }
 PAGE_CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self' blob:; "
             "connect-src 'self' ws://127.0.0.1:*; object-src 'none'; base-uri 'none'")
+HOST_HEADER = re.compile(r"^[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?$")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MIME = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
         ".mjs": "text/javascript; charset=utf-8", ".wasm": "application/wasm",
         ".onnx": "application/octet-stream", ".map": "application/json"}
@@ -233,7 +238,8 @@ class WorkerServer:
     def __init__(self, shard_dir: str | Path, secret: str, *, heartbeat_interval_ms: float = 250.0,
                  max_msg_bytes: int = 64 << 20, hello_timeout_s: float = 15.0, close_timeout_s: float = 1.0,
                  on_event: Callable[[ServerEvent], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, host: str = "127.0.0.1",
+                 public_host: str | None = None) -> None:
         if not secret:
             raise RealRunError("the worker server needs a non-empty run secret")
         self.shard_dir = Path(shard_dir)
@@ -250,6 +256,10 @@ class WorkerServer:
         self._seen: set[str] = set()
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.host = host                  # the extra address remote browsers reach (127.0.0.1: none)
+        self.public_host = public_host or host
+        self.public_port = 0              # its port (== port when host is loopback)
+        self._join_secrets: dict[str, str] = {}   # browser id -> its current join secret
 
     @property
     def base_url(self) -> str:
@@ -260,6 +270,36 @@ class WorkerServer:
             raise RealRunError(f"bad browser id {browser_id!r}; use letters, digits, . _ : -")
         return (f"{self.base_url}/worker.html?id={quote(browser_id)}&threads={int(threads)}"
                 f"#secret={quote(self.secret)}")
+
+    @property
+    def public_base_url(self) -> str:
+        host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
+        return f"http://{host}:{self.public_port or self.port}"
+
+    def join_url(self, browser_id: str, secret: str, threads: int = 0) -> str:
+        """The URL a browser on another machine opens to become `browser_id`; it carries `secret`
+        (a join secret issued for this id only, see issue_join), never the run secret."""
+        return self.worker_url(browser_id, threads).replace(self.base_url, self.public_base_url, 1) \
+            .split("#", 1)[0] + f"#secret={quote(secret)}"
+
+    def issue_join(self, browser_id: str) -> tuple[str, str]:
+        """A fresh join secret for this browser id (revokes its previous one): (secret, join URL)."""
+        import secrets as _secrets
+        if not BROWSER_ID.match(browser_id):
+            raise RealRunError(f"bad browser id {browser_id!r}; use letters, digits, . _ : -")
+        token = _secrets.token_urlsafe(24)
+        self._join_secrets[browser_id] = token
+        return token, self.join_url(browser_id, token)
+
+    def revoke_join(self, browser_id: str, secret: str | None = None) -> None:
+        """Revoke this id's join secret (only if it is still `secret`, when given)."""
+        if secret is None or self._join_secrets.get(browser_id) == secret:
+            self._join_secrets.pop(browser_id, None)
+
+    def _secret_ok(self, browser_id: str, given: str) -> bool:
+        ok = hmac.compare_digest(given.encode(), self.secret.encode())
+        join = self._join_secrets.get(browser_id)
+        return ok | (join is not None and hmac.compare_digest(given.encode(), join.encode()))
 
     def shard_url(self, name: str) -> str:
         """The page-relative URL of a shard file in shard_dir (validated name)."""
@@ -279,13 +319,21 @@ class WorkerServer:
         app.router.add_get("/ort/{name}", self._ort)
         app.router.add_get("/shards/{name}", self._shard)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        bound = "127.0.0.1"
         try:
             await self._runner.setup()
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
             await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            if self.host not in LOOPBACK:
+                bound = self.host
+                extra = web.TCPSite(self._runner, self.host, 0)
+                await extra.start()
+                self.public_port = extra._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         except OSError as exc:
-            raise RealRunError(f"worker server could not bind 127.0.0.1: {exc}") from exc
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            await self._runner.cleanup()
+            self._runner = None
+            raise RealRunError(f"worker server could not bind {bound}: {exc}") from exc
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -309,7 +357,11 @@ class WorkerServer:
     async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(ISOLATION_HEADERS)
         if request.path == "/worker.html":
-            response.headers["Content-Security-Policy"] = PAGE_CSP
+            csp = PAGE_CSP
+            host = request.headers.get("Host", "")
+            if HOST_HEADER.match(host) and not host.startswith("127.0.0.1:"):   # a page loaded from a remote
+                csp = csp.replace("ws://127.0.0.1:*", f"ws://127.0.0.1:* ws://{host}")  # address: its own socket
+            response.headers["Content-Security-Policy"] = csp
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
         return self._file(WEB_DIR / request.path.lstrip("/"))
@@ -371,7 +423,7 @@ class WorkerServer:
                 raise ProtocolError(f"first frame must be a text hello, got {msg.type.name}")
             hello = decode_control(msg.data, (Hello,))
             claimed = hello.id
-            if not hmac.compare_digest(hello.secret.encode(), self.secret.encode()):
+            if not self._secret_ok(hello.id, hello.secret):
                 raise ProtocolError("wrong or missing run secret")
             if not BROWSER_ID.match(hello.id):
                 raise ProtocolError(f"bad browser id {hello.id!r}")

@@ -1,0 +1,305 @@
+"""Remote browsers (real/remote.py): join URLs opened by a browser shardtwin did not launch, and
+browsers launched through a Playwright connect endpoint.
+
+The "second host" is Chromium started here as a plain process in its own session and process
+group, with its own profile outside shardtwin's marker prefix (so BrowserPool knows nothing of
+it), given only the join URL printed by the run - what a person on another machine would do.
+It shares this machine's loopback (no network namespace: that needs privileges these tests do
+not assume; a second machine needs --bind or ssh -L, see the README).
+
+- join: MiniLM 2 shards, chromium-0 local + chromium-1 remote; the remote slot's browser_crash is
+  delivered in-page (socket closed with 4002, the page stops itself), detected as a closed
+  connection and recovered by failover to chromium-0; the coordinator then relaunches the slot
+  as a spare, which prints a rejoin URL that the second host opens again. Every request
+  completes and matches the onnxruntime reference (cosine >= 0.99999).
+- join timeout: nobody opens the URL -> BrowserExited "remote did not join within ...".
+- fencing / stale secrets: a page with a revoked join secret is refused at its hello.
+- Playwright endpoint: `playwright launch-server` from the Python package's own driver (same
+  version as the client: connect() needs matching major.minor) with Debian Chromium; a short
+  MiniLM run through --playwright-endpoint, and its browser_crash (connection closed abruptly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+import real.browsers as browsers
+from events.scenario import parse_scenario
+from events.schema import EventKind as K
+from real.remote import FENCE_CODE, RemoteOptions, split_browser_spec, last_slots, bind_warning
+from real.run import run_real
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+SEQ = 32
+
+
+@pytest.fixture(autouse=True)
+def _chromium(need):
+    need("chromium")
+
+
+class SecondHost:
+    """Plain Chromium processes, each in its own session, each opening one URL; all killed at close."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self.root = Path(tempfile.mkdtemp(prefix="shardtwin-secondhost-"))
+        self.opened: list[str] = []
+
+    def open(self, url: str) -> None:
+        exe = browsers.find_executable("chromium")
+        profile = self.root / f"p{len(self.procs)}"
+        self.opened.append(url)
+        self.procs.append(subprocess.Popen(
+            ["nice", "-n", "15", exe, "--headless=new", *browsers.CHROMIUM_ARGS, f"--user-data-dir={profile}", url],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+
+    def pids(self) -> list[int]:
+        marker = str(self.root)
+        out = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if p.status() != psutil.STATUS_ZOMBIE and any(marker in a for a in p.info["cmdline"] or ()):
+                    out.append(p.pid)
+        return out
+
+    def close(self) -> None:
+        for p in self.procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                p.wait(5)
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def second_host():
+    host = SecondHost()
+    yield host
+    host.close()
+    assert not host.pids(), "second-host browser processes left behind"
+
+
+def _scenario(faults=(), iterations=8, browsers_=("chromium", "chromium"), **extra):
+    return parse_scenario({
+        "model": "all-MiniLM-L6-v2", "shards": 2, "browsers": list(browsers_),
+        "fault_tolerance_level": "low", "recovery_strategy": "failover",
+        "tolerance": {"detector_timeout_ms": 30000.0},
+        "workload": {"kind": "iterations", "iterations": iterations, "seq_len": SEQ},
+        "faults": list(faults), **extra})
+
+
+def _assert_all_correct(run) -> None:
+    from models.reference import reference_embedding
+    from models.tokenizer import load_tokenizer
+    ev = run.log.events
+    submitted = sorted(e.request_id for e in ev if e.kind == K.REQUEST_SUBMITTED)
+    completed = sorted(e.request_id for e in ev if e.kind == K.REQUEST_COMPLETED)
+    assert submitted and completed == submitted, (submitted, completed)
+    texts = run.shards.texts
+    ref = reference_embedding(list(texts), "all-MiniLM-L6-v2", seq_len=SEQ)
+    tok = load_tokenizer()
+    for q in completed:
+        outs = run.shards.results[q]
+        hidden = np.asarray(outs[max(outs)]["hidden"], dtype=np.float64)[0]
+        text = texts[q % len(texts)]
+        mask = np.asarray(tok.encode([text], SEQ).attention_mask, dtype=np.float64)[0]
+        emb = (hidden * mask[:, None]).sum(0) / mask.sum()
+        emb /= np.linalg.norm(emb)
+        want = np.asarray(ref[q % len(texts)], dtype=np.float64)
+        assert float(emb @ want / np.linalg.norm(want)) >= 0.99999, q
+
+
+def _no_own_browsers_left() -> None:
+    assert not browsers.leftover_browser_pids(), browsers.leftover_browser_pids()
+
+
+# --- pure parts ------------------------------------------------------------------------
+
+def test_browser_spec_and_slots():
+    assert split_browser_spec(["chromium", "remote", "remote:firefox"]) == (["chromium", "chromium", "firefox"], (1, 2))
+    assert last_slots(3, 2) == (1, 2)
+    with pytest.raises(Exception):
+        last_slots(2, 3)
+    with pytest.raises(Exception):
+        split_browser_spec(["chromium:x"])
+    assert bind_warning("127.0.0.1") is None and bind_warning("::1") is None
+    assert "reachable" in bind_warning("0.0.0.0")
+
+
+# --- join URL ------------------------------------------------------------------------
+
+def test_remote_slot_joins_crashes_in_page_fails_over_and_rejoins(second_host):
+    joins: list[dict] = []
+    closes: list = []
+
+    def on_join(entry: dict) -> None:
+        joins.append(entry)
+        second_host.open(entry["url"])
+
+    def on_server(srv) -> None:   # record how the remote page's sockets ended
+        from real.server import WorkerDisconnected
+        inner = srv._on_event
+
+        def spy(ev):
+            if isinstance(ev, WorkerDisconnected) and ev.browser_id == "chromium-1":
+                closes.append(ev.code)
+            inner(ev)
+        srv._on_event = spy
+
+    s = _scenario([{"type": "browser_crash", "at_ms": 1500.0, "browser": "chromium-1"}], iterations=10)
+    t0 = time.monotonic()
+    run = run_real(s, timeout_s=300, on_server=on_server,
+                   remote=RemoteOptions(remote_slots=(1,), join_timeout_s=60, on_join=on_join, announce=False))
+    wall = time.monotonic() - t0
+    ev = run.log.events
+    summary = [(round(e.t_ms), str(e.kind), e.browser, None if e.kind == K.BROWSER_READY else e.detail) for e in ev
+               if e.kind in (K.BROWSER_READY, K.FAULT_INJECTED, K.FAILURE_DETECTED, K.RECOVERY_COMPLETED,
+                             K.CONNECTION_CLOSED, K.BROWSER_CRASHED, K.REQUEST_FAILED, K.BROWSER_LAUNCH_REQUESTED)]
+    assert run.aborted is None, summary
+    # the remote slot was announced (not launched) and became READY through its join URL
+    assert joins[0]["browser"] == "chromium-1" and joins[0]["incarnation"] == 1
+    assert joins[0]["url"].startswith("http://127.0.0.1:") and "/worker.html?id=chromium-1" in joins[0]["url"]
+    assert "#secret=" in joins[0]["url"]
+    ready = [e for e in ev if e.kind == K.BROWSER_READY and e.browser == "chromium-1"]
+    assert ready, summary
+    assert not [e for e in ev if e.kind == K.PROCESS_OBSERVED and e.browser == "chromium-1"]
+    # the in-page crash closed its socket (4002), was detected and failed over to chromium-0
+    assert any(e.kind == K.CONNECTION_CLOSED and e.browser == "chromium-1" for e in ev), summary
+    assert any(e.kind == K.FAILURE_DETECTED and e.browser == "chromium-1" for e in ev), summary
+    assert any(e.kind == K.RECOVERY_COMPLETED for e in ev), summary
+    shards_done = {(e.request_id, e.shard): e.browser for e in ev if e.kind == K.SHARD_COMPLETED}
+    assert "chromium-1" in shards_done.values(), "the remote slot computed nothing before its crash"
+    _assert_all_correct(run)
+    # the failed slot was relaunched as a spare: a rejoin URL with a new secret
+    if len(joins) > 1:
+        assert joins[1]["incarnation"] > 1 and joins[1]["url"] != joins[0]["url"]
+    print(f"\nremote join run: {wall:.1f} s wall, join wait {ready[0].value:.0f} ms, joins {len(joins)}, "
+          f"closes {closes}; {json.dumps(summary)[:3000]}", file=sys.stderr)
+    _no_own_browsers_left()
+
+
+def test_remote_slot_that_nobody_opens_times_out():
+    s = _scenario(iterations=1)
+    run = run_real(s, timeout_s=120,
+                   remote=RemoteOptions(remote_slots=(1,), join_timeout_s=3, announce=False))
+    exits = [e for e in run.log.events if e.kind in (K.BROWSER_CRASHED,) and e.browser == "chromium-1"]
+    reasons = [e.detail for e in run.log.events if e.browser == "chromium-1" and e.detail and "did not" in e.detail]
+    assert reasons, [(str(e.kind), e.browser, e.detail) for e in run.log.events][-30:]
+    assert "remote did not join within 3 s" in reasons[0]
+    del exits
+    _no_own_browsers_left()
+
+
+def test_fenced_join_is_refused_and_a_new_join_works(tiny_model, second_host):
+    """KillBrowser on a join slot: its socket closes with 4003 and its secret is revoked, so its
+    page (or anyone holding that URL) is refused at the hello; the next incarnation's URL works."""
+    from real.remote import JoinSlot
+    from real.server import WorkerConnected, WorkerRejected, WorkerServer
+    from tests.real.conftest import SECRET, Recorder
+    shard_dir, _, _ = tiny_model
+
+    async def main():
+        rec = Recorder()
+        async with WorkerServer(shard_dir, SECRET, on_event=rec) as srv:
+            old = JoinSlot("chromium", "r1", srv, 60, rejoin=False)
+            second_host.open(old.url)
+            joined = await rec.wait(lambda e: isinstance(e, WorkerConnected) and e.browser_id == "r1", 60)
+            old.mark_joined(joined.conn)
+            old.kill()
+            await asyncio.wait_for(joined.conn.closed.wait(), 10)
+            assert old.closed_with == FENCE_CODE and old.exit_reason == "fenced"
+            second_host.open(old.url)   # a stale page with the revoked secret
+            bad = await rec.wait(lambda e: isinstance(e, WorkerRejected) and e.browser_id == "r1", 60)
+            assert "secret" in bad.reason
+            new = JoinSlot("chromium", "r1", srv, 60, rejoin=True)
+            assert new.url != old.url
+            assert not srv._secret_ok("r2", new.url.split("#secret=")[1])   # a join secret names one id
+            second_host.open(new.url)
+            conn = await srv.wait_connected("r1", 60)
+            assert await conn.ping() < 1000
+            new.kill()
+    asyncio.run(main())
+
+
+# --- Playwright connect endpoint -------------------------------------------------------
+
+def _driver_cli() -> tuple[str, str]:
+    import playwright
+    d = Path(playwright.__file__).parent / "driver"
+    node, cli = d / "node", d / "package" / "cli.js"
+    if not node.exists() or not cli.exists():
+        pytest.skip(f"the playwright package has no bundled driver at {d}")
+    return str(node), str(cli)
+
+
+@contextlib.contextmanager
+def playwright_server(tmp_path: Path):
+    """`playwright launch-server` (BrowserType.launchServer) with Debian Chromium; yields its ws endpoint."""
+    node, cli = _driver_cli()
+    cfg = tmp_path / "launch.json"
+    cfg.write_text(json.dumps({"executablePath": browsers.find_executable("chromium"), "headless": True,
+                               "args": [a for a in browsers.CHROMIUM_ARGS], "host": "127.0.0.1", "port": 0}))
+    proc = subprocess.Popen(["nice", "-n", "15", node, cli, "launch-server", "--browser", "chromium",
+                             "--config", str(cfg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not line.startswith("ws://"):
+            line = proc.stdout.readline().strip()
+            if proc.poll() is not None:
+                pytest.skip(f"playwright launch-server did not start: {proc.stderr.read()[-500:]}")
+        assert line.startswith("ws://"), line
+        yield line, proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def _server_browser_pids(proc) -> list[int]:
+    try:
+        return [c.pid for c in psutil.Process(proc.pid).children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]
+    except psutil.Error:
+        return []
+
+
+def test_run_through_playwright_endpoint_with_crash(tmp_path):
+    with playwright_server(tmp_path) as (endpoint, proc):
+        s = _scenario([{"type": "browser_crash", "at_ms": 1500.0, "browser": "chromium-1"}], iterations=6)
+        t0 = time.monotonic()
+        run = run_real(s, timeout_s=300, remote=RemoteOptions(playwright_endpoint=endpoint, announce=False))
+        wall = time.monotonic() - t0
+        ev = run.log.events
+        summary = [(round(e.t_ms), str(e.kind), e.browser, None if e.kind == K.BROWSER_READY else e.detail)
+                   for e in ev if e.kind in (K.BROWSER_READY, K.FAULT_INJECTED, K.FAILURE_DETECTED, K.RECOVERY_COMPLETED,
+                                 K.CONNECTION_CLOSED, K.BROWSER_CRASHED, K.REQUEST_FAILED, K.BROWSER_LAUNCH_REQUESTED)]
+        assert run.aborted is None, summary
+        assert {e.browser for e in ev if e.kind == K.BROWSER_READY} >= {"chromium-0", "chromium-1"}, summary
+        assert not [e for e in ev if e.kind == K.PROCESS_OBSERVED], "connected browsers have no local pid"
+        assert any(e.kind == K.FAILURE_DETECTED and e.browser == "chromium-1" for e in ev), summary
+        _assert_all_correct(run)
+        print(f"\nplaywright-endpoint run: {wall:.1f} s wall; {json.dumps(summary)[:3000]}", file=sys.stderr)
+        _no_own_browsers_left()
+        # the server's browser survives our connections (launchServer shares one); no page of ours is left
+        assert proc.poll() is None
+    assert not _server_browser_pids(proc)
