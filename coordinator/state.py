@@ -36,6 +36,8 @@ class BrowserState:
     loading: set[int] = field(default_factory=set)
     last_heartbeat: float | None = None
     last_seen: float | None = None                         # last message of any kind (liveness evidence)
+    beats: int = 0                                         # heartbeats since ready
+    load_since_beat: bool = False                          # a shard load overlapped the current gap
     gaps: list[float] = field(default_factory=list)       # recent heartbeat gaps (phi-accrual window)
     running: int = 0                                       # shard runs dispatched, not yet answered
 
@@ -141,6 +143,7 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
         case r.BrowserLaunchRequested(browser=b, incarnation=inc):
             bs = st.browsers[b]
             bs.status, bs.incarnation, bs.last_heartbeat, bs.last_seen = LAUNCHING, inc, None, None
+            bs.beats, bs.load_since_beat = 0, False
             bs.loaded.clear(); bs.loading.clear(); bs.gaps.clear(); bs.running = 0
         case r.BrowserReady(browser=b, t_ms=t):
             bs = st.browsers[b]
@@ -182,6 +185,7 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
                 sh.replicas.add(b)
         case r.ShardLoadStarted(shard=s, browser=b):
             st.browsers[b].loading.add(s)
+            st.browsers[b].load_since_beat = True
         case r.ShardLoaded(shard=s, browser=b, t_ms=t):
             bs = st.browsers[b]
             _seen(bs, t)
@@ -266,12 +270,17 @@ def _one_less(bs: BrowserState) -> None:
 
 
 def _heartbeat(bs: BrowserState, t: float) -> None:
+    """The phi window holds gaps between two heartbeats of a settled page: not the gap from
+    ready to the first heartbeat, nor a gap that a shard load overlapped (a load blocks some
+    pages' main thread for seconds; the detector already tolerates loads, see recovery.py)."""
     if bs.status not in (READY, FAILED):
         return
-    if bs.last_heartbeat is not None:
+    if bs.last_heartbeat is not None and bs.beats > 0 and not bs.load_since_beat and not bs.loading:
         bs.gaps.append(t - bs.last_heartbeat)
         if len(bs.gaps) > 100:
             del bs.gaps[0]
+    bs.beats += 1
+    bs.load_since_beat = False
     bs.last_heartbeat = t
 
 
