@@ -94,10 +94,13 @@ def public_host(bind: str, explicit: str | None = None) -> str:
         return explicit
     if bind not in WILDCARDS:
         return bind
-    with contextlib.suppress(OSError):
-        addr = socket.gethostbyname(socket.gethostname())
-        if not ipaddress.ip_address(addr).is_loopback:
-            return addr
+    import psutil
+    for _name, addrs in sorted(psutil.net_if_addrs().items()):   # first global IPv4 of an interface
+        for a in addrs:
+            with contextlib.suppress(ValueError):
+                ip = ipaddress.ip_address(a.address)
+                if a.family == socket.AF_INET and not (ip.is_loopback or ip.is_link_local):
+                    return a.address
     return socket.getfqdn() or "127.0.0.1"
 
 

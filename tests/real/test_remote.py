@@ -9,9 +9,12 @@ not assume; a second machine needs --bind or ssh -L, see the README).
 
 - join: MiniLM 2 shards, chromium-0 local + chromium-1 remote; the remote slot's browser_crash is
   delivered in-page (socket closed with 4002, the page stops itself), detected as a closed
-  connection and recovered by failover to chromium-0; the coordinator then relaunches the slot
-  as a spare, which prints a rejoin URL that the second host opens again. Every request
-  completes and matches the onnxruntime reference (cosine >= 0.99999).
+  connection and recovered by failover to chromium-0 (the slot is then relaunched as a spare:
+  a rejoin URL the second host opens again) or by restart (fence, rejoin URL, shard reloaded
+  there). Every request completes and matches the onnxruntime reference (cosine >= 0.99999).
+- --bind to this host's non-loopback address: the join works, but the page is no secure
+  context there (no navigator.gpu, no cross-origin isolation): webgpu falls back to WASM.
+- the CLI prints one join URL per remote slot on stderr and records them in the result JSON.
 - join timeout: nobody opens the URL -> BrowserExited "remote did not join within ...".
 - fencing / stale secrets: a page with a revoked join secret is refused at its hello.
 - Playwright endpoint: `playwright launch-server` from the Python package's own driver (same
@@ -98,10 +101,10 @@ def second_host():
     assert not host.pids(), "second-host browser processes left behind"
 
 
-def _scenario(faults=(), iterations=8, browsers_=("chromium", "chromium"), **extra):
+def _scenario(faults=(), iterations=8, browsers_=("chromium", "chromium"), strategy="failover", **extra):
     return parse_scenario({
         "model": "all-MiniLM-L6-v2", "shards": 2, "browsers": list(browsers_),
-        "fault_tolerance_level": "low", "recovery_strategy": "failover",
+        "fault_tolerance_level": "low", "recovery_strategy": strategy,
         "tolerance": {"detector_timeout_ms": 30000.0},
         "workload": {"kind": "iterations", "iterations": iterations, "seq_len": SEQ},
         "faults": list(faults), **extra})
@@ -147,27 +150,20 @@ def test_browser_spec_and_slots():
 
 # --- join URL ------------------------------------------------------------------------
 
-def test_remote_slot_joins_crashes_in_page_fails_over_and_rejoins(second_host):
+@pytest.mark.parametrize("strategy", ["failover", "restart"])
+def test_remote_slot_joins_crashes_in_page_recovers_and_rejoins(second_host, strategy):
+    """failover: shards move to chromium-0, the slot rejoins later as a spare; restart: the
+    coordinator fences the slot and relaunches it, i.e. announces a rejoin URL and waits for it."""
     joins: list[dict] = []
-    closes: list = []
 
     def on_join(entry: dict) -> None:
         joins.append(entry)
         second_host.open(entry["url"])
 
-    def on_server(srv) -> None:   # record how the remote page's sockets ended
-        from real.server import WorkerDisconnected
-        inner = srv._on_event
-
-        def spy(ev):
-            if isinstance(ev, WorkerDisconnected) and ev.browser_id == "chromium-1":
-                closes.append(ev.code)
-            inner(ev)
-        srv._on_event = spy
-
-    s = _scenario([{"type": "browser_crash", "at_ms": 1500.0, "browser": "chromium-1"}], iterations=10)
+    s = _scenario([{"type": "browser_crash", "at_ms": 1500.0, "browser": "chromium-1"}], iterations=10,
+                  strategy=strategy)
     t0 = time.monotonic()
-    run = run_real(s, timeout_s=300, on_server=on_server,
+    run = run_real(s, timeout_s=300,
                    remote=RemoteOptions(remote_slots=(1,), join_timeout_s=60, on_join=on_join, announce=False))
     wall = time.monotonic() - t0
     ev = run.log.events
@@ -185,15 +181,18 @@ def test_remote_slot_joins_crashes_in_page_fails_over_and_rejoins(second_host):
     # the in-page crash closed its socket (4002), was detected and failed over to chromium-0
     assert any(e.kind == K.CONNECTION_CLOSED and e.browser == "chromium-1" for e in ev), summary
     assert any(e.kind == K.FAILURE_DETECTED and e.browser == "chromium-1" for e in ev), summary
-    assert any(e.kind == K.RECOVERY_COMPLETED for e in ev), summary
+    done = [e.details() for e in ev if e.kind == K.RECOVERY_COMPLETED and e.browser == "chromium-1"]
+    assert done and done[0]["action"] == strategy, summary
     shards_done = {(e.request_id, e.shard): e.browser for e in ev if e.kind == K.SHARD_COMPLETED}
     assert "chromium-1" in shards_done.values(), "the remote slot computed nothing before its crash"
     _assert_all_correct(run)
-    # the failed slot was relaunched as a spare: a rejoin URL with a new secret
-    if len(joins) > 1:
-        assert joins[1]["incarnation"] > 1 and joins[1]["url"] != joins[0]["url"]
-    print(f"\nremote join run: {wall:.1f} s wall, join wait {ready[0].value:.0f} ms, joins {len(joins)}, "
-          f"closes {closes}; {json.dumps(summary)[:3000]}", file=sys.stderr)
+    # failover relaunches the failed slot as a spare, restart relaunches it: a rejoin URL, a new secret
+    assert len(joins) >= 2 and joins[1]["incarnation"] == 2 and joins[1]["url"] != joins[0]["url"], joins
+    if strategy == "restart":   # the restarted slot took its shard back and computed again
+        t_rejoin = [e.t_ms for e in ev if e.kind == K.BROWSER_READY and e.browser == "chromium-1"][1]
+        assert any(e.kind == K.SHARD_COMPLETED and e.browser == "chromium-1" and e.t_ms > t_rejoin for e in ev)
+    print(f"\nremote join run: {wall:.1f} s wall, join wait {ready[0].value:.0f} ms, joins {len(joins)}; "
+          f"{json.dumps(summary)[:3000]}", file=sys.stderr)
     _no_own_browsers_left()
 
 
@@ -201,11 +200,9 @@ def test_remote_slot_that_nobody_opens_times_out():
     s = _scenario(iterations=1)
     run = run_real(s, timeout_s=120,
                    remote=RemoteOptions(remote_slots=(1,), join_timeout_s=3, announce=False))
-    exits = [e for e in run.log.events if e.kind in (K.BROWSER_CRASHED,) and e.browser == "chromium-1"]
-    reasons = [e.detail for e in run.log.events if e.browser == "chromium-1" and e.detail and "did not" in e.detail]
-    assert reasons, [(str(e.kind), e.browser, e.detail) for e in run.log.events][-30:]
-    assert "remote did not join within 3 s" in reasons[0]
-    del exits
+    exits = [e.details()["reason"] for e in run.log.events if e.kind == K.BROWSER_CRASHED and e.browser == "chromium-1"]
+    assert exits and exits[0] == "remote did not join within 3 s", [(str(e.kind), e.browser, e.detail)
+                                                                    for e in run.log.events][-30:]
     _no_own_browsers_left()
 
 
@@ -238,6 +235,61 @@ def test_fenced_join_is_refused_and_a_new_join_works(tiny_model, second_host):
             assert await conn.ping() < 1000
             new.kill()
     asyncio.run(main())
+
+
+def _non_loopback_ipv4() -> str | None:
+    import ipaddress
+    import socket
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not ipaddress.ip_address(a.address).is_loopback:
+                return a.address
+    return None
+
+
+def test_join_over_a_non_loopback_address_has_no_webgpu_and_falls_back_to_wasm(second_host):
+    """--bind <this host's address>: the page is no secure context there (no navigator.gpu, no
+    cross-origin isolation), so a webgpu run falls back to WASM on that slot - and stays correct."""
+    addr = _non_loopback_ipv4()
+    if addr is None:
+        pytest.skip("this host has no non-loopback IPv4 address to bind")
+    s = _scenario(iterations=2, backend="webgpu")
+    run = run_real(s, timeout_s=300, remote=RemoteOptions(bind=addr, remote_slots=(1,), join_timeout_s=60,
+                                                          on_join=lambda e: second_host.open(e["url"]),
+                                                          announce=False))
+    assert second_host.opened[0].startswith(f"http://{addr}:")
+    ready = {e.browser: dict(e.details()["capabilities"]) for e in run.log.events if e.kind == K.BROWSER_READY}
+    assert ready["chromium-1"]["cross_origin_isolated"] is False
+    assert json.loads(ready["chromium-1"]["webgpu"])["available"] is False
+    assert ready["chromium-0"]["cross_origin_isolated"] is True   # the local browser still uses loopback
+    fell = [e for e in run.log.events if e.kind == K.BACKEND_FALLBACK]
+    assert [e.browser for e in fell] == ["chromium-1"] and fell[0].details()["got"] == "wasm"
+    _assert_all_correct(run)
+    _no_own_browsers_left()
+
+
+def test_cli_prints_join_urls_and_records_them(second_host, tmp_path):
+    """`shardtwin real --browsers chromium,remote --json`: one join URL per remote slot on stderr,
+    the same URLs under result["remote"]["joins"]; a browser opening it makes the run complete."""
+    import re
+    cmd = [sys.executable, "-m", "experiments.cli", "real", "--model", "all-MiniLM-L6-v2", "--shards", "2",
+           "--browsers", "chromium,remote", "--iterations", "3", "--seq-len", str(SEQ), "--json",
+           "--db", str(tmp_path / "r.duckdb"), "--join-timeout", "60", "--timeout", "240"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    urls, err = [], []
+    for line in p.stderr:
+        err.append(line)
+        if m := re.search(r"remote slot (\S+) \(join\): open (http://\S+)", line):
+            urls.append((m.group(1), m.group(2)))
+            second_host.open(m.group(2))
+    out = p.stdout.read()
+    assert p.wait(60) == 0, "".join(err)[-2000:]
+    res = json.loads(out)
+    assert [(u["browser"], u["url"]) for u in res["remote"]["joins"]] == urls == [("chromium-1", urls[0][1])]
+    assert res["requests"]["completed"] == 3 and res["requests"]["lost"] == 0
+    assert any("port-forward" in line for line in err)   # loopback-only join URLs are said to be so
+    _no_own_browsers_left()
 
 
 # --- Playwright connect endpoint -------------------------------------------------------
