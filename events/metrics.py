@@ -117,7 +117,7 @@ def _memory(log: EventLog, plan, baseline_mb: float) -> tuple[float, str]:
         if e.kind == K.MEMORY_SAMPLED and e.browser and e.value is not None:
             sampled[e.browser] = max(sampled.get(e.browser, 0.0), e.value)
     if sampled:
-        return sum(sampled.values()), "measured (peak RSS per browser, summed)"
+        return sum(sampled.values()), "measured (peak PSS per browser, summed)"
     browsers = {e.browser for e in log.events if e.kind == K.BROWSER_READY}
     loaded = [e for e in log.events if e.kind == K.SHARD_LOADED]
     weights = sum(plan.shards[e.shard].weight_mb for e in loaded)

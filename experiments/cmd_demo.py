@@ -19,8 +19,8 @@ DEMO = {
     "model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer", "browsers": ["chromium", "firefox"],
     "backend": "wasm", "fault_tolerance_level": "medium",
     "tolerance": {"detector_timeout_ms": 5000.0},
-    "workload": {"kind": "iterations", "iterations": 20, "batch_size": 1, "seq_len": 32},
-    "faults": [{"type": "browser_crash", "at_ms": 1000.0, "browser": "firefox"}],
+    "workload": {"kind": "iterations", "iterations": 60, "batch_size": 1, "seq_len": 32},
+    "faults": [{"type": "browser_crash", "at_ms": 500.0, "browser": "firefox"}],
 }
 
 
@@ -49,6 +49,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out("\n".join(summary_lines(real)) + "\n\n")
     _compare(sim, real, out)
     out(f"\nboth runs are in {args.db} (shardtwin db runs --db {args.db})\n")
+    out("the simulator used its built-in, uncalibrated profile: `shardtwin calibrate --collect` fits one to "
+        "this machine, `shardtwin validate --profile FILE` checks it\n")
     return 0
 
 
