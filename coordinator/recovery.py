@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from coordinator import commands as c
 from coordinator.placement import failover_target
-from coordinator.state import (DEAD, CLOSED, DISCONNECTED, FAILED, LAUNCHING, READY, SERVING, UNAVAILABLE,
+from coordinator.state import (DISCONNECTED, FAILED, LAUNCHING, READY, SERVING, UNAVAILABLE,
                                recovery_key)
 from events import records as r
 from shardtwin.vocab import RecoveryStrategy as RS

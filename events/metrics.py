@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from events.schema import Event, EventKind as K, EventLog
+from events.schema import EventKind as K, EventLog
 
 
 def _pct(values: list[float], q: float) -> float | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import math
 import sys
 from datetime import datetime, timezone

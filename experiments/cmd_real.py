@@ -202,13 +202,4 @@ def _backends_used(run, requested: str) -> dict[str, str]:
 
 
 def _embedding(run, q: int, seq_len: int) -> np.ndarray | None:
-    from models.tokenizer import load_tokenizer
-    outs = run.shards.results.get(q)
-    if not outs:
-        return None
-    last = outs[max(outs)]
-    hidden = np.asarray(last["hidden"], dtype=np.float64)[0]
-    text = run.shards.texts[q % len(run.shards.texts)]
-    mask = np.asarray(load_tokenizer().encode([text], seq_len).attention_mask, dtype=np.float64)[0]
-    emb = (hidden * mask[:, None]).sum(0) / max(mask.sum(), 1.0)
-    return emb / np.linalg.norm(emb)
+    return run.shards.embedding(q)

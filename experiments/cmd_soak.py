@@ -300,18 +300,7 @@ def unprovoked(ev: Any, s: Scenario) -> int:
 def check_outputs(run: Any, s: Scenario) -> dict[str, Any]:
     """Cosine of the kept requests' sentence embeddings vs unsharded onnxruntime (BERT family)."""
     try:
-        from models.reference import reference_embedding
-        from models.tokenizer import load_tokenizer
-        texts, seq = run.shards.texts, s.workload.seq_len
-        ref = reference_embedding(list(texts), s.model, seq_len=seq)
-        tok = load_tokenizer()
-        cos = []
-        for q, outs in run.shards.results.items():
-            hidden = np.asarray(outs[max(outs)]["hidden"], dtype=np.float64)[0]
-            mask = np.asarray(tok.encode([texts[q % len(texts)]], seq).attention_mask, dtype=np.float64)[0]
-            emb = (hidden * mask[:, None]).sum(0) / max(mask.sum(), 1.0)
-            want = np.asarray(ref[q % len(texts)], dtype=np.float64)
-            cos.append(float(emb @ want / (np.linalg.norm(emb) * np.linalg.norm(want))))
+        cos = list(run.shards.reference_cosines().values())
         return {"requests": len(cos), "min_cosine": min(cos) if cos else None}
     except Exception as exc:   # a model without a reference path: say so, never guess
         return {"requests": 0, "min_cosine": None, "skipped": f"{type(exc).__name__}: {exc}"[:200]}

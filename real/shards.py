@@ -89,6 +89,33 @@ class ShardSet:
                 out[n] = rng.integers(0, 1000, info.shape).astype(np.int64)
         return out
 
+    def text(self, q: int) -> str:
+        """The sentence request q carries (batch 1: the q-th of the cycled list)."""
+        return self.texts[(q * self.plan.batch_size) % len(self.texts)]
+
+    def embedding(self, q: int) -> np.ndarray | None:
+        """Request q's sentence embedding from the browsers' last shard output: mean-pooled over
+        the attention mask, L2-normalised (None when the request's outputs were not kept)."""
+        outs = self.results.get(q)
+        if not outs:
+            return None
+        hidden = np.asarray(outs[max(outs)]["hidden"], dtype=np.float64)[0]
+        mask = np.asarray(self.request_inputs(q)["attention_mask"], dtype=np.float64)[0]
+        emb = (hidden * mask[:, None]).sum(0) / max(mask.sum(), 1.0)
+        return emb / np.linalg.norm(emb)
+
+    def reference_cosines(self) -> dict[int, float]:
+        """Kept request -> cosine of its browser embedding against unsharded onnxruntime."""
+        from models.reference import reference_embedding
+        kept = sorted(self.results)
+        texts = [self.text(q) for q in kept]
+        ref = reference_embedding(texts, self.plan.model, seq_len=self.plan.seq_len, seed=self.seed) if kept else []
+        out = {}
+        for q, want in zip(kept, ref):
+            got, want = self.embedding(q), np.asarray(want, dtype=np.float64)
+            out[q] = float(got @ want / np.linalg.norm(want))
+        return out
+
     def feeds(self, shard: int, q: int, deps: Mapping[int, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
         merged: dict[str, np.ndarray] = {}
         for d in sorted(deps):

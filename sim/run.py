@@ -16,7 +16,7 @@ from coordinator.core import Coordinator
 from events.records import RunStarted, to_event
 from events.scenario import Scenario
 from events.scenario_compile import compile_scenario
-from events.schema import EventLog, numbered
+from events.schema import EventLog
 from models.partition import ShardPlan, make_plan
 from shardtwin.vocab import Source
 from sim.profile import DEFAULT_PROFILE, Profile

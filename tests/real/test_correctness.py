@@ -106,20 +106,7 @@ def webgpu_adapters(run) -> dict[str, dict]:
 
 def embedding_cosines(run) -> dict[int, float]:
     """request id -> cosine between the browsers' embedding and the unsharded onnxruntime one."""
-    from models.reference import reference_embedding
-    from models.tokenizer import load_tokenizer
-    texts = run.shards.texts
-    ref = reference_embedding(list(texts), MODEL, seq_len=SEQ)
-    tok = load_tokenizer()
-    out = {}
-    for q, outs in sorted(run.shards.results.items()):
-        hidden = np.asarray(outs[max(outs)]["hidden"], dtype=np.float64)[0]
-        text = texts[q % len(texts)]
-        mask = np.asarray(tok.encode([text], SEQ).attention_mask, dtype=np.float64)[0]
-        emb = (hidden * mask[:, None]).sum(0) / mask.sum()
-        want = np.asarray(ref[q % len(texts)], dtype=np.float64)
-        out[q] = float(emb @ want / (np.linalg.norm(emb) * np.linalg.norm(want)))
-    return out
+    return run.shards.reference_cosines()
 
 
 def _all_completed(run) -> None:

@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 
-import numpy as np
 import psutil
 import pytest
 
@@ -48,20 +47,8 @@ def _assert_all_completed_and_correct(run):
     submitted = [e.request_id for e in ev if e.kind == K.REQUEST_SUBMITTED]
     completed = [e.request_id for e in ev if e.kind == K.REQUEST_COMPLETED]
     assert submitted and sorted(completed) == sorted(submitted), _summary(run)
-    from models.reference import reference_embedding
-    from models.tokenizer import load_tokenizer
-    texts = run.shards.texts
-    ref = reference_embedding(list(texts), "all-MiniLM-L6-v2", seq_len=SEQ)
-    tok = load_tokenizer()
-    for q, outs in run.shards.results.items():
-        hidden = np.asarray(outs[max(outs)]["hidden"], dtype=np.float64)[0]
-        text = texts[q % len(texts)]
-        mask = np.asarray(tok.encode([text], SEQ).attention_mask, dtype=np.float64)[0]
-        emb = (hidden * mask[:, None]).sum(0) / mask.sum()
-        emb /= np.linalg.norm(emb)
-        want = np.asarray(ref[q % len(texts)], dtype=np.float64)
-        cos = float(emb @ want / np.linalg.norm(want))
-        assert cos >= 0.99999, (q, cos)
+    cosines = run.shards.reference_cosines()
+    assert cosines and all(c >= 0.99999 for c in cosines.values()), cosines
 
 
 def _summary(run):
