@@ -304,9 +304,16 @@ class RealDriver:
                                              incarnation=inc))
         self.observe(r.ConnectionClosed(self.now(), browser=b, incarnation=inc))
 
+    def _drop_finished_outputs(self) -> None:
+        """Kept shard outputs of requests that ended (failed ones too) are released."""
+        active = self.coord.st.active
+        for key in [k for k in self.outputs if k[0] not in active]:
+            del self.outputs[key]
+
     async def _sample_memory(self) -> None:
         while True:
             await asyncio.sleep(self.sample_every_s)
+            self._drop_finished_outputs()
             for b, st in sorted(self.browsers.items()):
                 if st.handle is not None and not st.killed and not st.handle.exited.is_set():
                     try:
@@ -372,7 +379,9 @@ class RealDriver:
         self.observe(r.ShardCompleted(self.now(), request_id=cmd.request_id, shard=cmd.shard, browser=cmd.browser,
                                       attempt=cmd.attempt, compute_ms=float(frame.ms)))
         if cmd.request_id not in self.coord.st.active:
-            self.shards.finished(cmd.request_id, {s: v for (q, s), v in self.outputs.items() if q == cmd.request_id})
+            if self.coord.st.requests[cmd.request_id].outcome == "completed":   # not a late answer to a failed one
+                self.shards.finished(cmd.request_id,
+                                     {s: v for (q, s), v in self.outputs.items() if q == cmd.request_id})
             for key in [k for k in self.outputs if k[0] == cmd.request_id]:
                 del self.outputs[key]
 
