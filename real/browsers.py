@@ -267,7 +267,7 @@ async def _launch_process(h: BrowserHandle, exe: str, url: str, headed: bool) ->
             *_process_argv(h.kind, exe, h.profile_dir, url, headed), env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL, start_new_session=True, close_fds=cdp is None,
-            preexec_fn=functools.partial(child_setup, cdp))
+            preexec_fn=functools.partial(child_setup, cdp, os.getpid()))
     except OSError as exc:
         if cdp is not None:
             cdp.close()

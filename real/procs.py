@@ -25,9 +25,12 @@ from shardtwin.errors import RealRunError
 PR_SET_PDEATHSIG = 1
 
 
-def child_setup(cdp: "CdpPipe | None") -> None:
-    """In the child: die with the parent (SIGKILL), and put the CDP pipe ends on fds 3 and 4."""
+def child_setup(cdp: "CdpPipe | None", parent: int | None = None) -> None:
+    """In the child: die with the parent (SIGKILL), and put the CDP pipe ends on fds 3 and 4.
+    If the parent already died between fork and prctl, the death signal will never come: exit."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
     if cdp is not None:
         a = fcntl.fcntl(cdp.child_read, fcntl.F_DUPFD, 10)   # out of the way of 3 and 4 first
         b = fcntl.fcntl(cdp.child_write, fcntl.F_DUPFD, 10)
