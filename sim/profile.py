@@ -8,7 +8,7 @@ labelled `calibrated: false` until `shardtwin calibrate` replaces it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -116,9 +116,8 @@ def _strict(cls, data: Mapping[str, Any], where: str):
     extra = sorted(set(data) - names)
     if extra:
         raise ConfigError(f"profile {where}: unknown field(s) {', '.join(extra)}; accepted: {', '.join(sorted(names))}")
-    missing = sorted(n for n in names if n not in data and cls.__dataclass_fields__[n].default is not None
-                     and cls.__dataclass_fields__[n].default.__class__.__name__ == "_MISSING_TYPE"
-                     and cls.__dataclass_fields__[n].default_factory.__class__.__name__ == "_MISSING_TYPE")
+    missing = sorted(f.name for f in fields(cls) if f.name not in data
+                     and f.default is MISSING and f.default_factory is MISSING)
     if missing:
         raise ConfigError(f"profile {where}: missing field(s) {', '.join(missing)}")
     return data
