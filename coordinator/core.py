@@ -73,6 +73,12 @@ class Coordinator(RecoveryRules):
         return self._flush()
 
     def handle(self, obs: r.Record, now: float) -> list[c.Command]:
+        if type(obs) is r.HeartbeatReceived and not self.st.recoveries and obs.browser in self._hb_armed:
+            # Fast path for the most frequent observation; exactly what _on_heartbeat would do
+            # here (no recovery waits for it, its detector timer is armed, it cannot end the run).
+            apply(self.st, obs)
+            self.log.append(obs)
+            return []
         self._now = now
         handler = self._HANDLERS.get(type(obs))
         if handler is None:

@@ -9,28 +9,40 @@ from __future__ import annotations
 
 import json
 import platform
+from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
-from events.schema import EventKind as K, EventLog
+from events.schema import Event, EventKind as K, EventLog
+
+Index = dict[K, list[Event]]
+
+
+def index(log: EventLog) -> Index:
+    """The log's events by kind, in log order (one pass; every metric reads from it)."""
+    by: Index = defaultdict(list)
+    for e in log.events:
+        by[e.kind].append(e)
+    return by
 
 
 def _pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def latency_summary(log: EventLog) -> dict[str, Any]:
-    done = [e.value for e in log.events if e.kind == K.REQUEST_COMPLETED and e.value is not None]
-    failed = [e for e in log.events if e.kind == K.REQUEST_FAILED]
-    submitted = [e for e in log.events if e.kind == K.REQUEST_SUBMITTED]
+def latency_summary(log: EventLog, by: Index | None = None) -> dict[str, Any]:
+    by = index(log) if by is None else by
+    done = [e.value for e in by[K.REQUEST_COMPLETED] if e.value is not None]
+    failed = by[K.REQUEST_FAILED]
+    submitted = by[K.REQUEST_SUBMITTED]
     reasons: dict[str, int] = {}
     for e in failed:
         why = e.details().get("reason", "unknown")
         reasons[why] = reasons.get(why, 0) + 1
-    start = next((e.t_ms for e in log.events if e.kind == K.WORKLOAD_STARTED), None)
-    ends = [e.t_ms for e in log.events if e.kind in (K.REQUEST_COMPLETED, K.REQUEST_FAILED)]
+    start = by[K.WORKLOAD_STARTED][0].t_ms if by[K.WORKLOAD_STARTED] else None
+    ends = [e.t_ms for e in (*by[K.REQUEST_COMPLETED], *failed)]
     span = (max(ends) - start) if ends and start is not None else None
     return {
         "requests": {"submitted": len(submitted), "completed": len(done), "failed": len(failed),
@@ -43,20 +55,20 @@ def latency_summary(log: EventLog) -> dict[str, Any]:
     }
 
 
-def fault_timeline(log: EventLog) -> list[dict[str, Any]]:
+def fault_timeline(log: EventLog, by: Index | None = None) -> list[dict[str, Any]]:
     """Per injected fault: when it was detected and when recovery ended (same browser)."""
-    ev = log.events
+    by = index(log) if by is None else by
+    ends_all = sorted((*by[K.RECOVERY_COMPLETED], *by[K.RECOVERY_FAILED]), key=lambda e: e.seq)
     out = []
-    for i, f in enumerate(ev):
-        if f.kind != K.FAULT_INJECTED or f.browser is None:
+    for f in by[K.FAULT_INJECTED]:
+        if f.browser is None:
             continue
         d = f.details()
-        det = next((e for e in ev[i:] if e.kind == K.FAILURE_DETECTED and e.browser == f.browser), None)
+        det = next((e for e in by[K.FAILURE_DETECTED] if e.seq > f.seq and e.browser == f.browser), None)
         end = None
         if det is not None:
-            j = ev.index(det)
-            end = next((e for e in ev[j:] if e.kind in (K.RECOVERY_COMPLETED, K.RECOVERY_FAILED)
-                        and e.browser == f.browser and e.request_id == det.request_id), None)
+            end = next((e for e in ends_all if e.seq > det.seq and e.browser == f.browser
+                        and e.request_id == det.request_id), None)
         out.append({
             "fault": d.get("fault"), "browser": f.browser, "shard": f.shard, "injected_ms": f.t_ms,
             "detected_ms": det.t_ms if det else None,
@@ -70,26 +82,22 @@ def fault_timeline(log: EventLog) -> list[dict[str, Any]]:
     return out
 
 
-def _allocation(log: EventLog, backend: str, specs: dict[int, str]) -> dict[str, Any]:
+def _allocation(by: Index, backend: str, specs: dict[int, str]) -> dict[str, Any]:
     alloc: dict[str, Any] = {}
-    for e in log.events:
-        if e.kind == K.SHARD_PLACED and e.details().get("role") == "primary" and str(e.shard) not in alloc:
+    for e in by[K.SHARD_PLACED]:
+        if str(e.shard) not in alloc and e.details().get("role") == "primary":
             alloc[str(e.shard)] = {"browser": (e.browser or "").rsplit("-", 1)[0], "browser_id": e.browser,
                                    "platform": backend, "specialization": specs.get(e.shard, "")}
-    for e in log.events:
-        if e.kind == K.BACKEND_FALLBACK:
-            for a in alloc.values():
-                if a["browser_id"] == e.browser:
-                    a["platform"] = e.details().get("got", a["platform"])
+    for e in by[K.BACKEND_FALLBACK]:
+        for a in alloc.values():
+            if a["browser_id"] == e.browser:
+                a["platform"] = e.details().get("got", a["platform"])
     return dict(sorted(alloc.items(), key=lambda kv: int(kv[0])))
 
 
-def _recovery(log: EventLog, strategy: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    ev = log.events
-    detected = [e for e in ev if e.kind == K.FAILURE_DETECTED]
-    ok = [e for e in ev if e.kind == K.RECOVERY_COMPLETED]
-    bad = [e for e in ev if e.kind == K.RECOVERY_FAILED]
-    attempts = [e for e in ev if e.kind == K.RECOVERY_STARTED and e.details().get("action") != "detect"]
+def _recovery(by: Index, strategy: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    detected, ok, bad = by[K.FAILURE_DETECTED], by[K.RECOVERY_COMPLETED], by[K.RECOVERY_FAILED]
+    attempts = [e for e in by[K.RECOVERY_STARTED] if e.details().get("action") != "detect"]
     actions = sorted({e.details().get("action", "") for e in ok})
     ended = len(ok) + len(bad)
     rm = {"failures_detected": len(detected),
@@ -102,24 +110,28 @@ def _recovery(log: EventLog, strategy: str) -> tuple[dict[str, Any], dict[str, A
     return rm, em
 
 
-def _components(log: EventLog, plan) -> list[dict[str, Any]]:
+def _components(by: Index, plan) -> list[dict[str, Any]]:
+    per: dict[int, list[float]] = defaultdict(list)
+    for e in by[K.SHARD_COMPLETED]:
+        if e.value is not None:
+            per[e.shard].append(e.value)
     out = []
     for s in plan.shards:
-        ms = [e.value for e in log.events if e.kind == K.SHARD_COMPLETED and e.shard == s.index and e.value is not None]
+        ms = per.get(s.index)
         out.append({"component": s.name, "shard": s.index,
                     "execution_time_ms": float(np.mean(ms)) if ms else None, "memory_mb": round(s.weight_mb, 3)})
     return out
 
 
-def _memory(log: EventLog, plan, baseline_mb: float) -> tuple[float, str]:
+def _memory(by: Index, plan, baseline_mb: float) -> tuple[float, str]:
     sampled: dict[str, float] = {}
-    for e in log.events:
-        if e.kind == K.MEMORY_SAMPLED and e.browser and e.value is not None:
+    for e in by[K.MEMORY_SAMPLED]:
+        if e.browser and e.value is not None:
             sampled[e.browser] = max(sampled.get(e.browser, 0.0), e.value)
     if sampled:
         return sum(sampled.values()), "measured (peak PSS per browser, summed)"
-    browsers = {e.browser for e in log.events if e.kind == K.BROWSER_READY}
-    loaded = [e for e in log.events if e.kind == K.SHARD_LOADED]
+    browsers = {e.browser for e in by[K.BROWSER_READY]}
+    loaded = by[K.SHARD_LOADED]
     weights = sum(plan.shards[e.shard].weight_mb for e in loaded)
     return baseline_mb * len(browsers) + weights, "modelled (baseline per browser + loaded shard weights)"
 
@@ -127,10 +139,11 @@ def _memory(log: EventLog, plan, baseline_mb: float) -> tuple[float, str]:
 def seed_result(log: EventLog, scenario, plan, settings, *, baseline_mb: float = 200.0,
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The seed guide's result JSON (plus shardtwin's extras), from one run's events."""
-    lat = latency_summary(log)
+    by = index(log)
+    lat = latency_summary(log, by)
     strategy = str(settings.strategy)
-    rm, em = _recovery(log, strategy)
-    mem, mem_how = _memory(log, plan, baseline_mb)
+    rm, em = _recovery(by, strategy)
+    mem, mem_how = _memory(by, plan, baseline_mb)
     specs = {s.index: s.specialization for s in plan.shards}
     from events.scenario_file import scenario_hash
     result = {
@@ -138,9 +151,9 @@ def seed_result(log: EventLog, scenario, plan, settings, *, baseline_mb: float =
         "model_type": str(plan.model_type),
         "execution_time_ms": lat["latency_ms"]["mean"],
         "memory_usage_mb": round(mem, 3),
-        "browser_allocation": _allocation(log, str(scenario.backend), specs),
+        "browser_allocation": _allocation(by, str(scenario.backend), specs),
         "recovery_metrics": rm,
-        "component_metrics": _components(log, plan),
+        "component_metrics": _components(by, plan),
         "error_metrics": em,
         "test_parameters": {
             "fault_tolerance_level": str(scenario.fault_tolerance_level), "recovery_strategy": strategy,
@@ -152,7 +165,7 @@ def seed_result(log: EventLog, scenario, plan, settings, *, baseline_mb: float =
         "source": str(log.source), "run_id": log.run_id, "scenario_hash": scenario_hash(scenario),
         "memory_usage_basis": mem_how,
         "latency_ms": lat["latency_ms"], "throughput_rps": lat["throughput_rps"], "requests": lat["requests"],
-        "faults": fault_timeline(log),
+        "faults": fault_timeline(log, by),
     }
     if extra:
         result.update(extra)

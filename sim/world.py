@@ -235,7 +235,12 @@ class SimWorld:
                     (bp.heartbeat_blocked_by_compute and page.job is not None):
                 page.hb_pending = True
                 return
-            self.observe(lambda now: r.HeartbeatReceived(now, browser=page.id))
+            if not self.done.triggered:
+                self.sim_events += 1
+                now = self.env.now
+                cmds = self.coord.handle(r.HeartbeatReceived(now, browser=page.id), now)
+                if cmds:
+                    self.execute(cmds)
         self.at(interval + self.p.link_latency_ms, beat)
 
     def _late_heartbeat(self, page: Page) -> None:
