@@ -76,6 +76,15 @@ def find_executable(kind: str) -> str:
                                   "run scripts/setup.sh (apt) to install it")
 
 
+async def wait_set(event: asyncio.Event, timeout: float) -> bool:
+    """True once `event` is set, False if `timeout` seconds pass first."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
+
+
 @dataclass(eq=False)
 class BrowserHandle:
     """One launched browser. pid is the browser's main process (its process group leader)."""
@@ -149,11 +158,7 @@ class BrowserHandle:
             raise RealRunError(f"{self.id}: CPU throttling failed: {exc}") from exc
 
     async def wait_exited(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self.exited.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        return await wait_set(self.exited, timeout)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Graceful close (Playwright close / SIGTERM), then SIGKILL of the group; removes the profile."""

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from real.browsers import wait_set
 from shardtwin.errors import BrowserUnavailableError, InputError, RealRunError
 
 CRASH_CODE = 4002    # close code of an in-page browser_crash on a join slot
@@ -124,11 +125,7 @@ class _RemoteBase:
             self.exited.set()
 
     async def wait_exited(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self.exited.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        return await wait_set(self.exited, timeout)
 
     def pss_mb(self) -> float:
         raise RealRunError(f"{self.id}: a remote browser's memory cannot be sampled from here")
