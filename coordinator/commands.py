@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Hashable
 
+from shardtwin.frozen import fast_init
+
 
 @dataclass(frozen=True, slots=True)
 class LaunchBrowser:
@@ -64,3 +66,6 @@ class FinishRun:
 
 
 Command = LaunchBrowser | KillBrowser | CloseBrowser | LoadShard | RunShard | ArmTimer | CancelTimer | FinishRun
+
+for _cls in Command.__args__:
+    fast_init(_cls)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from events.schema import Event, EventKind, canonical_json
+from shardtwin.frozen import fast_init
 
 _COLUMNS = ("request_id", "shard", "browser", "attempt")
 
@@ -338,9 +339,11 @@ class MessageRejected(Record):
     reason: str = ""
 
 
-RECORD_TYPES: dict[EventKind, type[Record]] = {
-    cls.KIND: cls for cls in Record.__subclasses__()
+RECORD_TYPES: dict[EventKind, type[Record]] = {   # dataclass(slots=True) replaces each class; the
+    cls.KIND: cls for cls in Record.__subclasses__() if "__slots__" in cls.__dict__   # pre-slots one may linger
 }
+for _cls in RECORD_TYPES.values():
+    fast_init(_cls)
 
 
 def _jsonable(v: Any) -> Any:
