@@ -14,6 +14,8 @@ from typing import Callable
 
 import simpy
 
+from sim.calls import call_later
+
 
 @dataclass(slots=True)
 class Job:
@@ -52,8 +54,7 @@ class Host:
             return
         delay = max(0.0, min(running)) / self._factor()
         gen = self._gen
-        ev = self.env.timeout(delay)
-        ev.callbacks.append(lambda _e: self._fire(gen))
+        call_later(self.env, delay, lambda: self._fire(gen))
 
     def _fire(self, gen: int) -> None:
         if gen != self._gen:

@@ -27,6 +27,7 @@ from coordinator.core import Coordinator
 from events import records as r
 from events.schema import Event, EventKind
 from models.partition import ShardPlan
+from sim.calls import Draws, call_later
 from sim.host import Host
 from sim.profile import Profile, background_factor
 
@@ -67,6 +68,10 @@ class SimWorld:
         self.host = Host(self.env, profile.host_cores)
         seqs = np.random.SeedSequence(seed).spawn(len(STREAMS))
         self.rng = {name: np.random.default_rng(s) for name, s in zip(STREAMS, seqs)}
+        # One stream per purpose, each used for one kind of variate, so block draws keep the sequence.
+        self._hb_normal = Draws(self.rng["heartbeat"])
+        self._hb_uniform = Draws(self.rng["heartbeat"], uniform=True)
+        self._compute_normal = Draws(self.rng["compute"])
         self.pages: dict[str, Page] = {}
         self.timers: dict[Any, int] = {}
         self.inputs, self.mtbf_s, self.time_limit_ms = inputs, mtbf_s, time_limit_ms
@@ -77,8 +82,7 @@ class SimWorld:
     # --- plumbing ---------------------------------------------------------------
 
     def at(self, delay: float, fn: Callable[[], None]) -> None:
-        ev = self.env.timeout(max(delay, 0.0))
-        ev.callbacks.append(lambda _e: fn())
+        call_later(self.env, delay, fn)
 
     def observe(self, rec_factory: Callable[[float], r.Record]) -> None:
         if self.done.triggered:
@@ -211,36 +215,40 @@ class SimWorld:
 
     def _heartbeat_loop(self, page: Page) -> None:
         interval = self.coord.s.heartbeat_interval_ms
-        rng = self.rng["heartbeat"]
-
         quantiles = self.p.heartbeat_extra_quantiles
-        probs = np.linspace(0.0, 1.0, len(quantiles)) if quantiles else None
+        if quantiles:   # empirical gap distribution (calibrated): inverse CDF of a uniform draw
+            probs = np.linspace(0.0, 1.0, len(quantiles))
+            u = self._hb_uniform
 
-        mu, sigma = math.log(self.p.heartbeat_extra_ms), self.p.heartbeat_sigma
+            def extra() -> float:
+                return float(np.interp(u(), probs, quantiles))
+        else:           # lognormal(mu, sigma) = exp(mu + sigma * z), as numpy computes it
+            mu, sigma, z = math.log(self.p.heartbeat_extra_ms), self.p.heartbeat_sigma, self._hb_normal
+
+            def extra() -> float:
+                return math.exp(mu + sigma * z())
+        bp = self.p.browsers[page.kind]
+        by_load, by_compute = bp.heartbeat_blocked_by_load, bp.heartbeat_blocked_by_compute
+        pages, done, coord, env, at = self.pages, self.done, self.coord, self.env, self.at
+        rec = r.HeartbeatReceived
 
         def beat() -> None:
             # One SimPy event per heartbeat, at its arrival: it left the page `link_latency_ms`
             # earlier; a page hung or offline at that moment sent nothing (latency << interval).
-            if not page.alive or self.pages.get(page.id) is not page or self.done.triggered:
+            if not page.alive or pages.get(page.id) is not page or done.triggered:
                 return
-            if quantiles:   # empirical gap distribution (calibrated): inverse CDF of a uniform draw
-                extra = float(np.interp(rng.random(), probs, quantiles))
-            else:
-                extra = float(rng.lognormal(mu, sigma))
-            self.at(max(interval + extra, 1.0), beat)
+            gap = interval + extra()
+            at(gap if gap > 1.0 else 1.0, beat)
             if page.hung or not page.connected:
                 return
-            bp = self.p.browsers[page.kind]
-            if (bp.heartbeat_blocked_by_load and page.creating > 0) or \
-                    (bp.heartbeat_blocked_by_compute and page.job is not None):
+            if (by_load and page.creating > 0) or (by_compute and page.job is not None):
                 page.hb_pending = True
                 return
-            if not self.done.triggered:
-                self.sim_events += 1
-                now = self.env.now
-                cmds = self.coord.handle(r.HeartbeatReceived(now, browser=page.id), now)
-                if cmds:
-                    self.execute(cmds)
+            self.sim_events += 1
+            now = env.now
+            cmds = coord.handle(rec(now, page.id), now)
+            if cmds:
+                self.execute(cmds)
         self.at(interval + self.p.link_latency_ms, beat)
 
     def _late_heartbeat(self, page: Page) -> None:
@@ -324,7 +332,7 @@ class SimWorld:
         own = self.p.browsers[page.kind].compute_cv
         cv = self.p.compute_cv if own is None else own
         if cv > 0:
-            ms *= float(self.rng["compute"].lognormal(0.0, cv))
+            ms *= math.exp(0.0 + cv * self._compute_normal())     # = rng.lognormal(0.0, cv)
         return ms
 
     def _hop_overhead(self, page: Page) -> float:
