@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 from events.schema import Event, EventKind, canonical_json
 from shardtwin.frozen import fast_init
@@ -362,16 +362,42 @@ _CONVERTERS: dict[type, Any] = {}
 
 
 def _converter(cls: type) -> Any:
-    """A record class's row converter, built once from its fields (the sim converts millions)."""
+    """A record class's row converter, built once from its fields (the sim converts millions).
+
+    The detail JSON of a record is cached by its field values: most detailed records of a
+    run repeat the same few (request_submitted's batch/seq/client, shard_placed's role)."""
     names = [f.name for f in dataclasses.fields(cls) if f.name != "t_ms"]
     col = {c: (f"r.{c}" if c in names else ("0" if c == "attempt" else "None")) for c in _COLUMNS}
-    value = f"_f(r.{cls.VALUE})" if cls.VALUE else "None"
+    if "attempt" in names:
+        col["attempt"] = "int(r.attempt or 0)"
+    value = f"(None if r.{cls.VALUE} is None else float(r.{cls.VALUE}))" if cls.VALUE else "None"
     details = [n for n in names if n not in _COLUMNS and n != cls.VALUE]
-    detail = ("_cj({" + ", ".join(f"{n!r}: _js(r.{n})" for n in details) + "})") if details else "None"
+    env = {"_Event": Event, "_K": cls.KIND, "_cj": canonical_json, "_js": _jsonable, "_cache": {}}
+    if details:
+        key = "(" + "".join(f"r.{n}, type(r.{n}), " for n in details) + ")"   # 1 == 1.0 == True, not in JSON
+        make = "_cj({" + ", ".join(f"{n!r}: _js(r.{n})" for n in details) + "})"
+        env["_detail"] = eval(f"lambda r: {make}", env)  # noqa: S307 - built from field names only
+        env["_keyed"] = eval(f"lambda r: {key}", env)    # noqa: S307
+        detail = "_cached(r)"
+    else:
+        detail = "None"
     src = (f"lambda r, seq: _Event(_K, float(r.t_ms), seq, {col['request_id']}, {col['shard']}, "
-           f"{col['browser']}, int({col['attempt']} or 0), {value}, {detail})")
-    env = {"_Event": Event, "_K": cls.KIND, "_cj": canonical_json, "_js": _jsonable,
-           "_f": lambda v: None if v is None else float(v)}
+           f"{col['browser']}, {col['attempt']}, {value}, {detail})")
+
+    def _cached(r: Any) -> str:
+        k = env["_keyed"](r)
+        if tuple in k:                      # nested values (1 and 1.0 inside would share a key): no caching
+            return env["_detail"](r)
+        try:
+            got = env["_cache"].get(k)
+        except TypeError:                   # an unhashable field value: no caching
+            return env["_detail"](r)
+        if got is None:
+            if len(env["_cache"]) > 4096:
+                env["_cache"].clear()
+            got = env["_cache"][k] = env["_detail"](r)
+        return got
+    env["_cached"] = _cached
     fn = eval(src, env)  # noqa: S307 - source built above from dataclass field names only
     _CONVERTERS[cls] = fn
     return fn
@@ -380,6 +406,16 @@ def _converter(cls: type) -> Any:
 def to_event(rec: Record, seq: int = 0) -> Event:
     conv = _CONVERTERS.get(type(rec)) or _converter(type(rec))
     return conv(rec, seq)
+
+
+def to_events(recs: Iterable[Record], start: int = 0) -> list[Event]:
+    """Records as rows numbered from `start` (what a run's log is stored as)."""
+    convs = _CONVERTERS
+    out = []
+    for i, rec in enumerate(recs, start):
+        conv = convs.get(type(rec)) or _converter(type(rec))
+        out.append(conv(rec, i))
+    return out
 
 
 def from_event(ev: Event) -> Record:

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from coordinator.config import build_config
 from coordinator.core import Coordinator
-from events.records import RunStarted, to_event
+from events.records import RunStarted, to_events
 from events.scenario import Scenario
 from events.scenario_compile import compile_scenario
 from events.schema import EventLog
@@ -63,7 +63,7 @@ def run_scenario(s: Scenario, profile: Profile = DEFAULT_PROFILE, seed: int | No
     world.run()
     run_id = run_id or f"sim-{uuid.UUID(int=_stable_int(s, seed, profile)).hex[:16]}"
     n = len(inputs)
-    events = (*inputs, *(to_event(rec, n + i) for i, rec in enumerate(coord.log)))
+    events = (*inputs, *to_events(coord.log, n))
     return SimRun(EventLog(run_id, Source.SIM, events), plan, coord, world.sim_events)
 
 
