@@ -260,9 +260,10 @@ class Coordinator(RecoveryRules):
 
     def _ready_shards(self, q: int) -> list[int]:
         rq = self.st.requests[q]
-        return [s for s in self.deps
-                if s not in rq.done and s not in rq.running and (q, s) not in self._backoff
-                and all(d in rq.done for d in self.deps[s])]
+        done, running, backoff = rq.done, rq.running, self._backoff
+        return [s for s, ds in self.deps.items()
+                if s not in done and s not in running and done.issuperset(ds)
+                and (not backoff or (q, s) not in backoff)]
 
     def _dispatch(self, q: int) -> None:
         st = self.st

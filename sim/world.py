@@ -91,25 +91,18 @@ class SimWorld:
         self.execute(self.coord.handle(rec_factory(self.env.now), self.env.now))
 
     def execute(self, cmds: list[c.Command]) -> None:
+        run = self._COMMANDS
         for cmd in cmds:
-            match cmd:
-                case c.LaunchBrowser():
-                    self._launch(cmd)
-                case c.KillBrowser(browser=b) | c.CloseBrowser(browser=b):
-                    self._kill(self.pages.get(b))
-                case c.LoadShard():
-                    self._load(cmd)
-                case c.RunShard():
-                    self._send_run(cmd)
-                case c.ArmTimer(key=k, at_ms=t):
-                    self._arm(k, t)
-                case c.CancelTimer(key=k):
-                    self.timers[k] = self.timers.get(k, 0) + 1
-                case c.FinishRun():
-                    if not self.done.triggered:
-                        self.done.succeed()
+            run[type(cmd)](self, cmd)
         if not self._inputs_scheduled and self.coord.st.workload_started is not None:
             self._schedule_inputs()
+
+    def _finish(self, _cmd: c.FinishRun) -> None:
+        if not self.done.triggered:
+            self.done.succeed()
+
+    def _cancel(self, cmd: c.CancelTimer) -> None:
+        self.timers[cmd.key] = self.timers.get(cmd.key, 0) + 1
 
     def _arm(self, key: Any, t: float) -> None:
         gen = self.timers.get(key, 0) + 1
@@ -402,6 +395,18 @@ class SimWorld:
             if not self.done.triggered:
                 self._schedule_random_crash(b)
         self.at(delay, crash)
+
+
+SimWorld._COMMANDS = {
+    c.LaunchBrowser: SimWorld._launch,
+    c.KillBrowser: lambda w, cmd: w._kill(w.pages.get(cmd.browser)),
+    c.CloseBrowser: lambda w, cmd: w._kill(w.pages.get(cmd.browser)),
+    c.LoadShard: SimWorld._load,
+    c.RunShard: SimWorld._send_run,
+    c.ArmTimer: lambda w, cmd: w._arm(cmd.key, cmd.at_ms),
+    c.CancelTimer: SimWorld._cancel,
+    c.FinishRun: SimWorld._finish,
+}
 
 
 def _retime(rec: r.Record, now: float) -> r.Record:
