@@ -82,6 +82,25 @@ def fault_timeline(log: EventLog, by: Index | None = None) -> list[dict[str, Any
     return out
 
 
+def unfired_faults(log: EventLog, by: Index | None = None) -> list[dict[str, Any]]:
+    """Scheduled faults that never took effect because the run ended first (a fault's at_ms
+    counts from the workload start; a short workload can finish before it)."""
+    by = index(log) if by is None else by
+    fired = set()
+    for e in by[K.FAULT_INJECTED]:
+        p = dict(e.details().get("params", ()))
+        fired.add((p.get("fault"), p.get("cascade_index")))
+    end = max((e.t_ms for e in by[K.RUN_FINISHED]), default=None)
+    start = by[K.WORKLOAD_STARTED][0].t_ms if by[K.WORKLOAD_STARTED] else None
+    out = []
+    for e in by[K.FAULT_SCHEDULED]:
+        d = e.details()
+        if (d.get("fault"), d.get("cascade_index")) not in fired:
+            out.append({"fault": d.get("type"), "index": d.get("fault"), "at_ms": d.get("at_ms"),
+                        "run_ended_at_ms": None if end is None or start is None else round(end - start, 1)})
+    return out
+
+
 def _allocation(by: Index, backend: str, specs: dict[int, str]) -> dict[str, Any]:
     alloc: dict[str, Any] = {}
     for e in by[K.SHARD_PLACED]:
@@ -166,6 +185,7 @@ def seed_result(log: EventLog, scenario, plan, settings, *, baseline_mb: float =
         "memory_usage_basis": mem_how,
         "latency_ms": lat["latency_ms"], "throughput_rps": lat["throughput_rps"], "requests": lat["requests"],
         "faults": fault_timeline(log, by),
+        "faults_not_fired": unfired_faults(log, by),
     }
     if extra:
         result.update(extra)

@@ -116,7 +116,8 @@ def extract(store: Store, run_id: str) -> RunData:
     shape: dict[int, tuple[int, int]] = {}
     started: dict[tuple, float] = {}
     warmed: set[tuple[str, int]] = set()
-    loading: dict[str, float] = {}
+    loading: dict[tuple[str, int], float] = {}
+    free: dict[str, float] = {}                  # when each page's task chain last became free
     launching: dict[str, float] = {}
     windows: list[tuple[str, float, float, str]] = []      # (browser, start, end, what): startup CPU work
     runs_in_page: dict[str, int] = {}
@@ -132,6 +133,7 @@ def extract(store: Store, run_id: str) -> RunData:
             started[(e["request_id"], e["shard"], e["attempt"], b)] = t
         elif k == "shard_completed":
             t0 = started.get((e["request_id"], e["shard"], e["attempt"], b))
+            free[b] = t
             if t0 is None or e["value"] is None:
                 continue
             bsz, seq = shape.get(e["request_id"], (s.workload.batch_size, s.workload.seq_len))
@@ -145,17 +147,21 @@ def extract(store: Store, run_id: str) -> RunData:
                 t - float(e["value"]), t, b, first=key not in warmed, page_index=runs_in_page[b] - 1))
             warmed.add(key)
         elif k == "shard_load_started":
-            loading[b] = t
+            loading[(b, e["shard"])] = t
         elif k == "shard_loaded":
-            t0 = loading.pop(b, None)
+            asked = loading.pop((b, e["shard"]), None)
+            # the page runs loads and shard runs one at a time (one task chain): a load queued behind
+            # another task starts when that one ends
+            t0 = None if asked is None else max(asked, free.get(b, asked))
+            free[b] = t
             if t0 is not None and t - t0 > 3 * interval:   # heartbeats in the load's last 70% (after fetch)
                 lo = t0 + 0.3 * (t - t0)
                 n = sum(1 for x in ev if x["kind"] == "heartbeat_received" and x["browser"] == b and lo < x["t_ms"] < t - 20)
                 data.load_beats.append((kind_of(b), n * interval / (0.7 * (t - t0))))
             warmed.discard((b, e["shard"]))
             if e["value"] is not None and e["value"] > 5.0 and t0 is not None:
-                data.loads.append((kind_of(b), float(base.shards[e["shard"]].weight_mb), float(e["value"]),
-                                   sessions.get(b, 0) == 0))
+                data.loads.append((kind_of(b), float(base.shards[e["shard"]].weight_mb),
+                                   float(e["value"]) - (t0 - asked), sessions.get(b, 0) == 0))
                 windows.append((b, t0, t, "load"))
                 sessions[b] = sessions.get(b, 0) + 1
         elif k == "browser_launch_requested":
@@ -166,6 +172,7 @@ def extract(store: Store, run_id: str) -> RunData:
                 windows.append((b, launching.pop(b, t - float(e["value"])), t, "launch"))
             warmed -= {w for w in warmed if w[0] == b}
             runs_in_page[b] = sessions[b] = 0
+            free.pop(b, None)
         if k == "fault_injected" and b and json.loads(e["detail"] or "{}").get("fault") == "browser_crash":
             faults.append((b, t))
         elif k == "failure_detected" and faults and faults[-1][0] == b:
@@ -266,45 +273,59 @@ def fit_hops(samples: list[Sample], link_latency_ms: float) -> tuple[dict[str, f
                                       "ms_per_mb": ms_per_mb, "median_hop_ms": float(np.median(y))}
 
 
-def fit_loads(loads: list[tuple[str, float, float, bool]], link_latency_ms: float
-              ) -> tuple[float, float, dict[str, float], float, dict]:
-    """create + MB * per_mb from loads into pages that already hold a session (pooled, robust), the
-    page's first session extra (runtime init) from first loads, per-kind scale. Without warm loads
-    the first loads give the line and the init extra is 0."""
-    if not loads:
-        return math.nan, math.nan, {}, 0.0, {"n": 0, "fitted": False}
-    warm = [x for x in loads if not x[3]]
-    cold = [x for x in loads if x[3]] or loads
-    mb = np.array([x[1] for x in cold])
-    y = np.array([x[2] for x in cold]) - 2 * link_latency_ms
-    if len(set(np.round(mb, 3))) >= 2:
-        a, b = _robust_linear(np.column_stack([np.ones_like(mb), mb]), y, np.array([np.median(y), 1.0]),
-                              max(float(np.median(y)) * 0.1, 1.0))
-    else:
-        a, b = float(np.median(y)) * 0.5, float(np.median(y)) * 0.5 / max(float(mb[0]), 1e-6)
-    a, b = max(float(a), 0.0), max(float(b), 0.0)
-    init = 0.0
-    if warm and len(cold) < len(loads):
-        # loads into a page that already created a session skip the runtime init: same slope,
-        # their own intercept; the difference is the page's first-session cost
-        if len({round(x[1], 3) for x in warm}) >= 2:
-            wm = np.array([x[1] for x in warm])
-            wy = np.array([x[2] for x in warm]) - 2 * link_latency_ms
-            a, b = (max(float(v), 0.0) for v in _robust_linear(np.column_stack([np.ones_like(wm), wm]), wy,
-                                                                 np.array([np.median(wy), 1.0]), 1.0))
-        else:   # one warm size: proportional to MB
-            a, b = 0.0, float(np.median([(x[2] - 2 * link_latency_ms) / max(x[1], 1e-6) for x in warm]))
-        init = max(float(np.median([x[2] - 2 * link_latency_ms - (a + b * x[1]) for x in cold])), 0.0)
+def _fit_load_line(loads: list[tuple[str, float, float, bool, int]], lat: float) -> tuple[float, float, float] | None:
+    """ms - 2 * lat = fixed + MB * per_mb + init * first, robust on relative residuals, all >= 0.
+    None when the loads cannot separate the three (one size only, or no warm load for `init`)."""
+    mb = np.array([x[1] for x in loads])
+    y = np.maximum(np.array([x[2] for x in loads]) - 2 * lat, 1.0)
+    first = np.array([1.0 if x[3] else 0.0 for x in loads])
+    if len(set(np.round(mb, 3))) < 2 or len(loads) < 3:
+        return None
+    has_warm, has_cold = bool((first == 0).any()), bool((first == 1).any())
+    X = np.column_stack([np.ones_like(mb), mb, first])
+    if not (has_warm and has_cold):
+        X = X[:, :2]
 
-    def model(m: float, first: bool) -> float:
-        return a + b * m + (init if first else 0.0)
-    scale = {k: float(np.median([(ms - 2 * link_latency_ms) / model(m, f) for kk, m, ms, f in loads
-                                 if kk == k and model(m, f) > 0]))
-             for k in sorted({x[0] for x in loads})}
-    yy = np.array([x[2] - 2 * link_latency_ms for x in loads])
-    pred = np.array([scale[k] * model(m, f) for k, m, _, f in loads])
-    return a, b, scale, init, {"n": len(loads), "warm_loads": len(warm), "fitted": True, "page_init_ms": init,
-                               **_residual_stats(np.maximum(yy, 1e-3), pred)}
+    def resid(p: np.ndarray) -> np.ndarray:
+        return (X @ p - y) / y
+    p0 = np.full(X.shape[1], 1.0)
+    p0[0] = float(np.median(y)) * 0.2
+    p = least_squares(resid, p0, bounds=(0.0, np.inf), loss="soft_l1", f_scale=0.1).x
+    return float(p[0]), float(p[1]), float(p[2]) if X.shape[1] == 3 else 0.0
+
+
+def fit_loads(loads: list[tuple[str, float, float, bool, int]], link_latency_ms: float
+              ) -> tuple[dict[str, tuple[float, float, float]], tuple[float, float, float] | None, dict]:
+    """Shard load (session create) time per browser kind: fixed + MB * per_mb, plus the page's
+    first-session cost (ORT runtime init) for the first load in a page. Per kind when its loads
+    cover two sizes (and a warm load for the init); the pooled line for the other kinds."""
+    if not loads:
+        return {}, None, {"n": 0, "fitted": False}
+    pooled = _fit_load_line(loads, link_latency_ms)
+    per_kind: dict[str, tuple[float, float, float]] = {}
+    res: dict[str, Any] = {"n": len(loads), "warm_loads": sum(1 for x in loads if not x[3]), "fitted": True}
+    for k in sorted({x[0] for x in loads}):
+        own = [x for x in loads if x[0] == k]
+        alone = [x for x in own if x[4] == 1]
+        # loads that overlapped no other startup work, when they cover two sizes: another browser's
+        # launch slows a load by more than a core's share (launches are multi-process)
+        line = _fit_load_line(alone, link_latency_ms) if len(alone) >= 3 else None
+        line = line or _fit_load_line(own, link_latency_ms)
+        if line is not None and pooled is not None and all(x[3] for x in own):
+            # only first loads of this kind: its intercept is fixed + init together; split it as the
+            # pooled fit (which saw warm loads) splits its own
+            fixed = min(pooled[0], line[0])
+            line = (fixed, line[1], line[0] - fixed)
+        used = line or pooled
+        if used is None:       # one size only anywhere: proportional to MB through the median
+            med = float(np.median([(x[2] - 2 * link_latency_ms) / max(x[1], 1e-6) for x in own]))
+            used = (0.0, med, 0.0)
+        per_kind[k] = used
+        pred = np.array([used[0] + x[1] * used[1] + (used[2] if x[3] else 0.0) for x in own])
+        yy = np.maximum(np.array([x[2] - 2 * link_latency_ms for x in own]), 1e-3)
+        res[k] = {"n": len(own), "own_fit": line is not None, "fixed_ms": used[0], "ms_per_mb": used[1],
+                  "page_init_ms": used[2], **_residual_stats(yy, pred)}
+    return per_kind, pooled, res
 
 
 def fit_warmup(ratio_by_index: dict[int, float]) -> tuple[float, float]:
@@ -391,8 +412,8 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
     # time alone (the sim runs it on the host again: cpu_bound_startup)
     def alone(ms: float, n: int) -> float:
         return ms / max(1.0, n / cores)
-    loads = [(k, mb, alone(ms, n), first) for r in runs for (k, mb, ms, first), n in zip(r.loads, r.load_overlap)]
-    create, per_mb, load_scale, page_init, residuals["load"] = fit_loads(loads, base.link_latency_ms)
+    loads = [(k, mb, alone(ms, n), first, n) for r in runs for (k, mb, ms, first), n in zip(r.loads, r.load_overlap)]
+    load_lines, pooled_load, residuals["load"] = fit_loads(loads, base.link_latency_ms)
     launches = defaultdict(list)
     for r in runs:
         for (k, ms), n in zip(r.launches, r.launch_overlap):
@@ -410,8 +431,9 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
         ch["backends"] = backends
         if kind in over:
             ch["hop_overhead_ms"] = over[kind]
-        if kind in load_scale:
-            ch["load_scale"], ch["page_init_ms"] = load_scale[kind], page_init
+        if kind in load_lines:
+            ch["load_ms"], ch["load_ms_per_mb"], ch["page_init_ms"] = load_lines[kind]
+            ch["load_scale"] = 1.0
         if kind in warm:
             ch["warmup_factor"], ch["warmup_runs"] = warm[kind]
         if kind in weight:
@@ -449,8 +471,8 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
                                   "extra_p99_ms": float(np.quantile(gaps, 0.99)), "extra_max_ms": float(gaps.max())}
     else:
         residuals["heartbeat"] = {"n": int(len(gaps)), "fitted": False}
-    if not math.isnan(create):
-        changes.update(session_create_ms=create, session_create_ms_per_mb=per_mb, fetch_ms_per_mb=0.0)
+    if pooled_load is not None:   # kinds without loads of their own (and without a line) use the pooled line
+        changes.update(session_create_ms=pooled_load[0], session_create_ms_per_mb=pooled_load[1], fetch_ms_per_mb=0.0)
     if residuals["hop"].get("fitted"):
         changes["link_mb_per_s"] = mb_s
     if cv:
@@ -463,7 +485,7 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
         background_cores=float(np.median(known_bg)) if known_bg else base.background_cores,
         source_runs=run_ids, residuals=residuals,
         notes=f"fitted by shardtwin calibrate from {len(run_ids)} run(s), {len(samples)} shard runs; "
-              "load fetch+create per MB pooled into session_create_ms_per_mb", **changes)
+              "shard loads: a line per browser kind (load_ms + MB * load_ms_per_mb, page_init_ms on a page's first)", **changes)
 
 
 def calibrate(store: Store, run_ids: list[str] | None = None, base: Profile = DEFAULT_PROFILE,

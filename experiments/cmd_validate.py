@@ -35,13 +35,25 @@ COLLECT_SUITE = (
     {"name": "cal: minilm 2 layer closed loop x2 (contention)", "model": "all-MiniLM-L6-v2", "shards": 2,
      "shard_type": "layer", "browsers": ["firefox", "chromium"],
      "workload": {"kind": "closed_loop", "concurrency": 2, "duration_s": 4.0, "batch_size": 1, "seq_len": 64}},
+    # Faults count from the workload start: 40 MiniLM requests at seq 32 take ~2 s on a quiet host,
+    # so a crash at 300 ms fires (10 requests were done in 0.5 s and the crash never happened).
     {"name": "cal: minilm 2 layer crash + failover onto the live browser", "model": "all-MiniLM-L6-v2", "shards": 2,
      "shard_type": "layer", "browsers": ["chromium", "firefox"], "fault_tolerance_level": "low",
-     "recovery_strategy": "failover", "workload": _IT(10, 32),
-     "faults": [{"type": "browser_crash", "at_ms": 800.0, "browser": "chromium"}]},
+     "recovery_strategy": "failover", "workload": _IT(40, 32),
+     "faults": [{"type": "browser_crash", "at_ms": 300.0, "browser": "chromium"}]},
     {"name": "cal: minilm 2 layer crash + restart", "model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer",
-     "browsers": ["chromium", "firefox"], "fault_tolerance_level": "low", "workload": _IT(10, 32),
-     "faults": [{"type": "browser_crash", "at_ms": 800.0, "browser": "firefox"}]},
+     "browsers": ["chromium", "firefox"], "fault_tolerance_level": "low", "workload": _IT(40, 32),
+     "faults": [{"type": "browser_crash", "at_ms": 300.0, "browser": "firefox"}]},
+    # More shards than browsers: each page creates a second session (a warm load, no runtime init),
+    # two shard sizes per page kind, so the fit separates the page's first-session cost from per-MB cost.
+    {"name": "cal: minilm 4 layer on 2 browsers (second sessions)", "model": "all-MiniLM-L6-v2", "shards": 4,
+     "shard_type": "layer", "browsers": ["chromium", "firefox"], "workload": _IT(8, 32)},
+    # One browser alone loading two large shards: a cold and a warm load with nothing else starting up
+    # (loads that overlap another browser's launch are slowed by it and say little about the load itself).
+    {"name": "cal: bert 2 layer, chromium alone", "model": "bert-base-uncased", "shards": 2, "shard_type": "layer",
+     "browsers": ["chromium"], "workload": _IT(4, 32)},
+    {"name": "cal: bert 2 layer, firefox alone", "model": "bert-base-uncased", "shards": 2, "shard_type": "layer",
+     "browsers": ["firefox"], "workload": _IT(4, 32)},
 )
 COLLECT_BUDGET_S = 280.0
 
@@ -54,7 +66,7 @@ HELDOUT_SUITE = (
      "faults": [{"type": "browser_crash", "at_ms": 1500.0, "browser": "chromium"}]},
     {"name": "held-out 2: minilm 2 layer, hang firefox, progressive + standby", "model": "all-MiniLM-L6-v2",
      "shards": 2, "shard_type": "layer", "browsers": ["firefox", "chromium"], "fault_tolerance_level": "medium",
-     "workload": _IT(20, 48), "faults": [{"type": "hang", "at_ms": 1000.0, "browser": "firefox"}]},
+     "workload": _IT(40, 48), "faults": [{"type": "hang", "at_ms": 1000.0, "browser": "firefox"}]},
     {"name": "held-out 3: minilm 3 layer, crash firefox, failover", "model": "all-MiniLM-L6-v2", "shards": 3,
      "shard_type": "layer", "browsers": ["chromium", "firefox", "firefox"], "fault_tolerance_level": "low",
      "recovery_strategy": "failover", "workload": _IT(15, 64),
@@ -197,12 +209,21 @@ def collect(db: str, suite=COLLECT_SUITE, budget_s: float = COLLECT_BUDGET_S, ou
             continue
         res, bg = real_with_background(parse_scenario({"backend": "wasm", **spec}), db, timeout_s=max(left, 30.0))
         ok = res["requests"]["lost"] == 0 and not res.get("aborted")
+        unfired = "".join(f"; fault {x['fault']} at {x['at_ms']:.0f} ms never fired (run ended at "
+                          f"{x['run_ended_at_ms']} ms)" for x in res.get("faults_not_fired") or [])
         out(f"collect: {spec['name']}: run {res['run_id']}, {res['requests']['completed']} completed, "
-            f"background {bg or 0:.2f} cores, {time.monotonic() - t0:.0f} s so far{'' if ok else ' (NOT used: aborted or lost requests)'}\n")
+            f"background {bg or 0:.2f} cores, {time.monotonic() - t0:.0f} s so far{unfired}"
+            f"{'' if ok else ' (NOT used: aborted or lost requests)'}\n")
         sys.stdout.flush()
         if ok:
             ids.append(res["run_id"])
     return ids
+
+
+def _load_line(prof, bp) -> str:
+    if bp.load_ms is not None and bp.load_ms_per_mb is not None:
+        return f"{bp.load_ms:.0f} ms + {bp.load_ms_per_mb:.2f} ms/MB"
+    return f"x{bp.load_scale:.2f} of the pooled line"
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -231,7 +252,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"{w.elementwise_gflops:.2f}, overhead {w.run_overhead_ms:.1f} ms/run (n={r['n']}, rmse "
             f"{r.get('rmse_ms', 0):.1f} ms, median |err| {r.get('median_abs_pct', 0):.1f}%); hop "
             f"{bp.hop_overhead_ms:.1f} ms, warmup x{bp.warmup_factor:.2f} (1/e after {bp.warmup_runs:g} runs), page init {bp.page_init_ms:.0f} ms, launch {bp.launch_ms:.0f}"
-            f"+-{bp.launch_sd_ms:.0f} ms, load x{bp.load_scale:.2f}, crash notice {bp.close_notice_ms:.0f} ms\n")
+            f"+-{bp.launch_sd_ms:.0f} ms, load {_load_line(prof, bp)}, crash notice {bp.close_notice_ms:.0f} ms\n")
     out(f"  link {prof.link_mb_per_s:.0f} MB/s; load {prof.session_create_ms:.0f} ms + "
         f"{prof.session_create_ms_per_mb:.1f} ms/MB; background {prof.background_cores:.2f} cores; "
         f"compute cv {prof.compute_cv:.3f}; heartbeat extra p50 "

@@ -66,6 +66,9 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
         lines.append(f"  fault {fl['fault']} on {fl['browser']} at {fl['injected_ms']:.0f} ms: detected after "
                      f"{f(fl['detection_ms'], ' ms')} ({fl['cause']}), recovered={fl['recovered']} "
                      f"in {f(fl['recovery_ms'], ' ms')} via {fl['action']}")
+    for fl in res.get("faults_not_fired") or []:
+        lines.append(f"  fault {fl['fault']} scheduled at {f(fl['at_ms'], ' ms')} never fired: the run ended at "
+                     f"{f(fl['run_ended_at_ms'], ' ms')} after the workload start (more requests or an earlier at_ms)")
     return lines
 
 

@@ -42,6 +42,10 @@ class BrowserProfile:
     warmup_runs: float = 0.0      # > 0: the n-th run in a page (any shard) takes 1 + (warmup_factor - 1) *
                                   # exp(-n / warmup_runs) times longer (V8 WASM tier-up measured in Chromium)
     page_init_ms: float = 0.0     # extra cost of a page's first session create (ORT WASM runtime init)
+    # Per-kind load line (calibrated): a session create costs load_ms + MB * load_ms_per_mb in this
+    # browser (+ page_init_ms for the page's first); None: the profile's pooled model times load_scale.
+    load_ms: float | None = None
+    load_ms_per_mb: float | None = None
     # The page's main thread sends heartbeats. Measured: Chromium's session create (a shard load)
     # blocks it, Firefox's does not; a shard run (ORT Web WASM) blocks it in both. True: a heartbeat
     # due while blocked leaves when the block ends (setInterval runs once, late).

@@ -51,10 +51,17 @@ class Page:
     errors: list[int | None] = field(default_factory=list)   # shards whose next run throws (None: any)
     link_epoch: int = 0
     warmed: set[int] = field(default_factory=set)             # shards this page has run once
-    creating: int = 0                 # session creates in progress (they block the main thread)
+    creating: int = 0                 # 1 while a shard load runs in the page's task chain
     hb_pending: bool = False          # a heartbeat fell due during a shard run
     runs: int = 0                     # shard runs started in this page
     sessions: int = 0                 # sessions created in this page
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingLoad:
+    cmd: c.LoadShard
+    asked: float        # when the command reached the page
+    epoch: int          # link epoch then (a reply after a reconnect is dropped)
 
 
 class SimWorld:
@@ -261,27 +268,35 @@ class SimWorld:
     # --- shards -------------------------------------------------------------------
 
     def _load(self, cmd: c.LoadShard) -> None:
+        """A load joins the page's one task chain (the worker page runs loads and shard runs one
+        after another, in arrival order)."""
         page = self.pages.get(cmd.browser)
         if page is None or not page.connected:
             return
-        shard = self.base_plan.shards[cmd.shard]
-        if cmd.shard in page.loaded:
-            ms = 2 * self.p.link_latency_ms
-        else:
-            bp = self.p.browsers[page.kind]
-            ms = (2 * self.p.link_latency_ms + bp.load_scale
-                  * (shard.weight_mb * self.p.fetch_ms_per_mb + self.p.session_create_ms
-                     + shard.weight_mb * self.p.session_create_ms_per_mb
-                     + (bp.page_init_ms if page.sessions == 0 else 0.0)))
+        page.queue.append(_PendingLoad(cmd, self.env.now, page.link_epoch))
+        self._next_job(page)
+
+    def load_ms(self, page: Page, shard: int) -> float:
+        if shard in page.loaded:
+            return 2 * self.p.link_latency_ms
+        mb = self.base_plan.shards[shard].weight_mb
+        bp = self.p.browsers[page.kind]
+        init = bp.page_init_ms if page.sessions == 0 else 0.0
+        if bp.load_ms is not None and bp.load_ms_per_mb is not None:
+            return 2 * self.p.link_latency_ms + bp.load_ms + mb * bp.load_ms_per_mb + init
+        return (2 * self.p.link_latency_ms + bp.load_scale
+                * (mb * self.p.fetch_ms_per_mb + self.p.session_create_ms + mb * self.p.session_create_ms_per_mb + init))
+
+    def _start_load(self, page: Page, item: "_PendingLoad") -> None:
+        cmd = item.cmd
+        ms = self.load_ms(page, cmd.shard)
+        if cmd.shard not in page.loaded:
             page.sessions += 1
-            page.creating += 1
-        epoch = page.link_epoch
-        creates = cmd.shard not in page.loaded
+        page.creating = 1
         started = self.env.now
 
         def loaded() -> None:
-            if creates:
-                page.creating -= 1
+            page.creating = 0
             if not page.alive:
                 return
             page.loaded.add(cmd.shard)
@@ -289,8 +304,10 @@ class SimWorld:
             if self.memory_mb(page) > self.p.browsers[page.kind].memory_budget_mb:
                 self._crash(page, "oom")
                 return
-            took = self.env.now - started if self.p.cpu_bound_startup else ms
-            self._deliver(page, epoch, lambda now: r.ShardLoaded(now, shard=cmd.shard, browser=page.id, load_ms=took))
+            took = ms if (not self.p.cpu_bound_startup and started == item.asked) else self.env.now - item.asked
+            self._deliver(page, item.epoch, lambda now: r.ShardLoaded(now, shard=cmd.shard, browser=page.id,
+                                                                      load_ms=took))
+            self._next_job(page)
         self._busy(ms, loaded)
 
     def _send_run(self, cmd: c.RunShard) -> None:
@@ -338,9 +355,12 @@ class SimWorld:
         return background_factor(self.p.host_cores, self.p.browsers[kind].cpu_weight, self.p.background_cores)
 
     def _next_job(self, page: Page) -> None:
-        if page.job is not None or not page.queue or not page.alive:
+        if page.job is not None or page.creating or not page.queue or not page.alive:
             return
         cmd = page.queue.popleft()
+        if type(cmd) is _PendingLoad:
+            self._start_load(page, cmd)
+            return
         work = self.compute_ms(page, cmd)
         page.warmed.add(cmd.shard)
         page.runs += 1
