@@ -54,6 +54,16 @@ class CoordinatorConfig:
         return tuple(i for i, v in succ.items() if not v)
 
 
+def config_for_profile(scenario, plan, profile, history_speed: Mapping[str, float] | None = None
+                       ) -> CoordinatorConfig:
+    """The configuration both engines use under a calibration profile: placement speeds from its
+    compute rates, the smallest page memory budget. A real run and its simulated twin must decide
+    alike (a failover target, a capacity placement), so they take it from the same profile."""
+    return build_config(scenario, plan, speed_of=profile.gflops,
+                        memory_mb=min(b.memory_budget_mb for b in profile.browsers.values()),
+                        history_speed=history_speed)
+
+
 def build_config(scenario, plan, speed_of=None, memory_mb: float = 4096.0,
                  history_speed: Mapping[str, float] | None = None) -> CoordinatorConfig:
     """Config for `scenario` split by `plan`; speed_of(kind, backend) -> GFLOPS (default 1)."""

@@ -91,14 +91,15 @@ def remote_options(args: argparse.Namespace, scenario, named: tuple[int, ...] = 
                          join_timeout_s=args.join_timeout, playwright_endpoint=args.playwright_endpoint)
 
 
-def real_and_store(scenario, db: str, headed=False, launcher="auto", timeout_s=600.0, remote=None) -> dict:
+def real_and_store(scenario, db: str, headed=False, launcher="auto", timeout_s=600.0, remote=None,
+                   profile=None) -> dict:
     from real.run import run_real
     with open_store(db) as store:
         run_id = store.begin_run("real", scenario, "real", scenario.seed, host_info())
         holder: dict = {}
         try:
             run = run_real(scenario, run_id=run_id, headed=headed, launcher=launcher, timeout_s=timeout_s,
-                           on_log=lambda log: holder.setdefault("log", log), remote=remote)
+                           on_log=lambda log: holder.setdefault("log", log), remote=remote, profile=profile)
         except BaseException:
             if "log" in holder:
                 store.abort_run(run_id, holder["log"], reason="interrupted or failed")

@@ -131,7 +131,7 @@ def run_pair(scenario, profile, db: str, timeout_s: float = 600.0, condition: bo
     out(f"scenario: {scenario.name or scenario.model}; profile: {profile.name} v{profile.version} "
         f"(calibrated: {str(profile.calibrated).lower()})\n")
     sys.stdout.flush()
-    res, bg = real_with_background(scenario, db, timeout_s)
+    res, bg = real_with_background(scenario, db, timeout_s, profile=profile)
     if condition and bg is not None:
         out(f"host background load during the real run: {bg:.2f} cores busy outside it (the sim is told; "
             f"profile average {profile.background_cores:.2f})\n")

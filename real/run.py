@@ -1,6 +1,6 @@
 """Run one scenario for real: scenario -> exported shards -> browsers -> event log (source=real).
 
-Rules: the same coordinator configuration as the simulator (coordinator.config.build_config);
+Rules: the same coordinator configuration as the simulator (coordinator.config.config_for_profile);
 the log holds the compiled input events first, then everything the run did. Whatever
 happens (error, Ctrl-C), every browser is ended and the events so far are returned.
 """
@@ -11,7 +11,8 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 
-from coordinator.config import build_config
+from coordinator.config import config_for_profile
+from sim.profile import DEFAULT_PROFILE, Profile
 from coordinator.core import Coordinator
 from events.records import RunStarted, to_event
 from events.scenario import Scenario
@@ -36,10 +37,13 @@ class RealRun:
 
 def run_real(s: Scenario, run_id: str | None = None, headed: bool = False, launcher: str = "auto",
              timeout_s: float = 600.0, on_log=None, on_coordinator=None,
-             history_speed: dict | None = None, on_server=None, remote: RemoteOptions | None = None) -> RealRun:
+             history_speed: dict | None = None, on_server=None, remote: RemoteOptions | None = None,
+             profile: Profile | None = None) -> RealRun:
+    """`profile`: whose compute rates and memory budget configure placement (default: the built-in
+    profile), exactly as the simulator configures its coordinator under that profile."""
     plan = make_plan(s.model, s.shards, s.shard_type, batch_size=s.workload.batch_size, seq_len=s.workload.seq_len)
     shards = prepare_shards(plan, seed=s.seed)
-    coord = Coordinator(build_config(s, plan, history_speed=history_speed))
+    coord = Coordinator(config_for_profile(s, plan, profile or DEFAULT_PROFILE, history_speed))
     coord._commit(RunStarted(0.0, engine="real"))
     if on_coordinator is not None:
         on_coordinator(coord)   # read-only access for observers (tests, progress)

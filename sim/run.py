@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator
 
-from coordinator.config import build_config
+from coordinator.config import config_for_profile
 from coordinator.core import Coordinator
 from events.records import RunStarted, to_events
 from events.scenario import Scenario
@@ -47,9 +47,7 @@ def run_scenario(s: Scenario, profile: Profile = DEFAULT_PROFILE, seed: int | No
                  run_id: str | None = None, history_speed: dict | None = None) -> SimRun:
     seed = s.seed if seed is None else seed
     plan = plan_for(s)
-    cfg = build_config(s, plan, speed_of=profile.gflops,
-                       memory_mb=min(b.memory_budget_mb for b in profile.browsers.values()),
-                       history_speed=history_speed)
+    cfg = config_for_profile(s, plan, profile, history_speed)
     coord = Coordinator(cfg)
     coord._commit(RunStarted(0.0, engine="sim"))
     inputs = list(compile_scenario(s))
