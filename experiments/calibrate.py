@@ -74,6 +74,7 @@ class Sample:
     concurrent: int = 1          # pages computing at the same time, this one included
     queued: bool = False         # another run of the same page overlapped its round trip (waited in the page)
     page_index: int = 0          # runs this page incarnation completed before this one
+    beside_startup: bool = False  # another page launched or loaded during most of this run
 
 
 @dataclass
@@ -180,6 +181,10 @@ def extract(store: Store, run_id: str) -> RunData:
             data.notices.append((kind_of(b), t - faults.pop()[1]))
     _mark_concurrency(data.samples)
     data.windows = windows
+    for x in data.samples:
+        dur = max(x.end_ms - x.start_ms, 1e-6)
+        x.beside_startup = any(b != x.browser and min(t1, x.end_ms) - max(t0, x.start_ms) >= 0.5 * dur
+                               for b, t0, t1, _ in windows)
     busy = windows + [(x.browser, x.start_ms, x.end_ms, "run") for x in data.samples]
     for what, out in (("load", data.load_overlap), ("launch", data.launch_overlap)):
         for b, t0, t1, w in windows:
@@ -369,6 +374,7 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
         if kind not in browsers:
             continue
         sub = [s for s in samples if s.kind == kind and s.backend == backend and not s.first]
+        sub = [s for s in sub if not s.beside_startup] or sub     # a launch or load beside it slows it
         sub = [s for s in sub if s.concurrent == 1] or sub
         steady = [s for s in sub if s.page_index >= STEADY_INDEX]
         sub = steady if len(steady) >= 8 else sub      # past the WASM tier-up when there is enough data
@@ -392,7 +398,7 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
     for kind in sorted({s.kind for s in samples}):
         by_index: dict[int, list[float]] = defaultdict(list)
         for s in samples:
-            if s.kind == kind and (s.kind, s.backend) in fitted_rates and s.concurrent == 1:
+            if s.kind == kind and (s.kind, s.backend) in fitted_rates and s.concurrent == 1 and not s.beside_startup:
                 by_index[min(s.page_index, 2 * STEADY_INDEX)].append(s.compute_ms / predicted(s))
         if 0 in by_index:
             warm[kind] = fit_warmup({i: float(np.median(v)) for i, v in by_index.items()})

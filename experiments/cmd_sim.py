@@ -21,12 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_sweep(sub)
 
 
-def simulate_and_store(scenario, profile, db: str) -> dict:
-    """Run in the simulator, store the run (one transaction), return the result JSON."""
+def simulate_and_store(scenario, profile, db: str, seed: int | None = None) -> dict:
+    """Run in the simulator, store the run (one transaction), return the result JSON.
+    `seed`: the simulator's seed instead of the scenario's (same scenario, another sample)."""
+    seed = scenario.seed if seed is None else seed
     with open_store(db) as store:
-        run_id = store.begin_run("sim", scenario, profile.name, scenario.seed, host_info())
+        run_id = store.begin_run("sim", scenario, profile.name, seed, host_info())
         try:
-            run = run_scenario(scenario, profile, run_id=run_id)
+            run = run_scenario(scenario, profile, seed=seed, run_id=run_id)
         except BaseException:
             store.abort_run(run_id, reason="simulation error")
             raise

@@ -10,14 +10,17 @@ Rules:
   median and p95 latency error, recovery-time error of every fault, outcome agreement.
   Detection time and throughput are reported, not gated (detection of a crash is ~20 ms,
   where a percentage says nothing).
-- The two runs must share a scenario hash (the same scenario), else ValidationError-style
-  InputError.
+- The runs must share a scenario hash (the same scenario), else InputError.
+- The prediction may be an ensemble: several sim runs of the scenario with different seeds
+  (the simulator is stochastic: compute noise, heartbeat jitter). Latency figures pool the
+  requests of every sim run, fault detection/recovery take the median over the runs, and
+  per-request outcomes are paired with the first sim run (the scenario's own seed).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import duckdb
 
@@ -80,6 +83,7 @@ class Comparison:
     outcome_agreement_pct: float
     outcome_mismatches: list[dict[str, Any]]
     faults: list[FaultRow] = field(default_factory=list)
+    sim_runs: tuple[str, ...] = ()  # the ensemble (sim_run first); latency and fault figures pool them
 
     @property
     def checks(self) -> dict[str, bool]:
@@ -126,7 +130,7 @@ SELECT quantile_cont(latency_ms, 0.5) FILTER (WHERE outcome = 'completed') AS me
        count(*) FILTER (WHERE outcome = 'completed') AS completed,
        count(*) FILTER (WHERE outcome = 'failed') AS failed,
        count(*) FILTER (WHERE outcome IS NULL) AS lost
-FROM request_latency WHERE run_id = ?
+FROM request_latency WHERE list_contains(?::VARCHAR[], run_id)
 """
 
 THROUGHPUT = """
@@ -166,11 +170,15 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[d
     return [dict(zip(names, r)) for r in cur.fetchall()]
 
 
-def run_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
-    s = _rows(con, LATENCY_SUMMARY, [run_id])[0]
-    s["throughput_rps"] = _rows(con, THROUGHPUT, [run_id, run_id])[0]["rps"]
-    src = con.execute("SELECT source FROM runs WHERE run_id = ?", [run_id]).fetchone()
+def run_summary(con: duckdb.DuckDBPyConnection, run_id: str | Sequence[str]) -> dict[str, Any]:
+    """Latency summary of one run, or of the pooled requests of several runs (an ensemble)."""
+    ids = [run_id] if isinstance(run_id, str) else list(run_id)
+    s = _rows(con, LATENCY_SUMMARY, [ids])[0]
+    rps = [r for r in (_rows(con, THROUGHPUT, [i, i])[0]["rps"] for i in ids) if r is not None]
+    s["throughput_rps"] = sum(rps) / len(rps) if rps else None
+    src = con.execute("SELECT source FROM runs WHERE run_id = ?", [ids[0]]).fetchone()
     s["source"] = src[0] if src else None
+    s["runs"] = len(ids)
     return s
 
 
@@ -184,24 +192,52 @@ def paired_faults(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str) -
                      r["real_ok"], r["sim_ok"]) for i, r in enumerate(rows)]
 
 
-def check_same_scenario(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str) -> str:
-    rows = dict(con.execute("SELECT run_id, scenario_hash FROM runs WHERE run_id IN (?, ?)",
-                            [real_run, sim_run]).fetchall())
-    for r in (real_run, sim_run):
+def check_same_scenario(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str | Sequence[str]) -> str:
+    others = [sim_run] if isinstance(sim_run, str) else list(sim_run)
+    rows = dict(con.execute("SELECT run_id, scenario_hash FROM runs WHERE list_contains(?::VARCHAR[], run_id)",
+                            [[real_run, *others]]).fetchall())
+    for r in (real_run, *others):
         if r not in rows:
             raise InputError(f"no run {r!r} in the store")
-    if rows[real_run] != rows[sim_run]:
-        raise InputError(f"runs {real_run} and {sim_run} ran different scenarios "
-                         f"({rows[real_run]} vs {rows[sim_run]}); validate compares one scenario")
+    for r in others:
+        if rows[real_run] != rows[r]:
+            raise InputError(f"runs {real_run} and {r} ran different scenarios "
+                             f"({rows[real_run]} vs {rows[r]}); validate compares one scenario")
     return rows[real_run]
 
 
-def compare(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str,
+def ensemble_faults(con: duckdb.DuckDBPyConnection, real_run: str, sim_runs: Sequence[str]) -> list[FaultRow]:
+    """Faults paired with each sim run, then the median prediction over the runs (see module rules)."""
+    per = [paired_faults(con, real_run, s) for s in sim_runs]
+    base = per[0]
+    if len(per) == 1:
+        return base
+
+    def med(vals: list[float | None]) -> float | None:
+        v = sorted(x for x in vals if x is not None)
+        return None if not v else (v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2)
+    out = []
+    for f in base:
+        same = [g for rows in per for g in rows if (g.type, g.browser, g.real_recovery_ms, g.real_detection_ms)
+                == (f.type, f.browser, f.real_recovery_ms, f.real_detection_ms)]
+        ok = [g.sim_success for g in same if g.sim_success is not None]
+        out.append(FaultRow(f.ordinal, f.type, f.browser, f.real_detection_ms, med([g.sim_detection_ms for g in same]),
+                            f.real_recovery_ms, med([g.sim_recovery_ms for g in same]), f.real_success,
+                            (sum(ok) * 2 >= len(ok)) if ok else None))
+    return out
+
+
+def compare(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str | Sequence[str],
             tolerance: Tolerance = Tolerance(), require_same_scenario: bool = True) -> Comparison:
-    """The full comparison of two stored runs of one scenario (see module rules)."""
+    """The full comparison of a stored run with one run, or an ensemble of runs, of the same
+    scenario (see module rules)."""
+    sims = [sim_run] if isinstance(sim_run, str) else list(sim_run)
+    if not sims:
+        raise InputError("compare needs at least one sim run")
     if require_same_scenario:
-        check_same_scenario(con, real_run, sim_run)
-    real, sim = run_summary(con, real_run), run_summary(con, sim_run)
+        check_same_scenario(con, real_run, sims)
+    sim_run = sims[0]
+    real, sim = run_summary(con, real_run), run_summary(con, sims)
     pairs = paired_requests(con, real_run, sim_run)
     errs = sorted(e for p in pairs if p["real_outcome"] == "completed" == p["sim_outcome"]
                   for e in [pct_err(p["sim_ms"], p["real_ms"])] if e is not None)
@@ -212,7 +248,7 @@ def compare(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str,
     return Comparison(real_run, sim_run, tolerance, real, sim,
                       pct_err(sim["median_ms"], real["median_ms"]), pct_err(sim["p95_ms"], real["p95_ms"]),
                       per_req, pct_err(sim["throughput_rps"], real["throughput_rps"]), agree, mism,
-                      paired_faults(con, real_run, sim_run))
+                      ensemble_faults(con, real_run, sims), tuple(sims))
 
 
 # --- presentation -------------------------------------------------------------------
@@ -262,7 +298,8 @@ def column_labels(c: Comparison) -> tuple[str, str]:
     """'real (measured)' / 'sim (predicted)', or the runs' sources when both are of one engine."""
     a, b = c.real.get("source"), c.sim.get("source")
     if (a, b) in (("real", "sim"), (None, None)):
-        return "real (measured)", "sim (predicted)"
+        n = len(c.sim_runs)
+        return "real (measured)", "sim (predicted)" if n <= 1 else f"sim ({n} seeds)"
     return f"{a} run A", f"{b} run B"
 
 

@@ -139,3 +139,24 @@ def test_real_validate_end_to_end(tmp_path, capsys):
     assert "median latency ms" in out and "outcome agreement" in out
     line = next(x for x in out.splitlines() if x.startswith("outcome agreement"))
     assert "100.0%" in line
+
+
+def test_an_ensemble_prediction_pools_latencies_and_takes_the_median_fault_time():
+    s = parse_scenario(SCEN)
+    with Store(":memory:") as st:
+        real = st.begin_run("real", s)
+        st.finish_run(real, _log(real, Source.REAL, [100.0, 100.0, 100.0], fault=(1000.0, 20.0, 500.0)))
+        sims = []
+        for lat, rec in (([90.0, 90.0, 90.0], 400.0), ([110.0, 110.0, 110.0], 520.0), ([130.0, 130.0, 130.0], 900.0)):
+            sid = st.begin_run("sim", s)
+            st.finish_run(sid, _log(sid, Source.SIM, lat, fault=(1000.0, 20.0, rec)))
+            sims.append(sid)
+        one = compare(st.con, real, sims[0])
+        ens = compare(st.con, real, sims)
+    # pooled: 9 requests 90/110/130 -> median 110, p95 over the pool; one run alone: 90
+    assert one.sim["median_ms"] == pytest.approx(90.0) and ens.sim["median_ms"] == pytest.approx(110.0)
+    assert ens.sim["runs"] == 3 and ens.sim_runs == tuple(sims) and ens.sim_run == sims[0]
+    assert ens.sim["p95_ms"] == pytest.approx(130.0)
+    assert [f.sim_recovery_ms for f in ens.faults] == [520.0]          # median of 400, 520, 900
+    assert [f.sim_recovery_ms for f in one.faults] == [400.0]
+    assert "sim (3 seeds)" in format_table(ens)
