@@ -422,36 +422,6 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
         return ms / max(1.0, n / cores)
     loads = [(k, mb, alone(ms, n), first, n) for r in runs for (k, mb, ms, first), n in zip(r.loads, r.load_overlap)]
     load_lines, pooled_load, residuals["load"] = fit_loads(loads, base.link_latency_ms)
-    # a launch's CPU demand: warm runs of another page inside a launch window, vs the steady fit
-    # (processor sharing: factor = (1 + T) / cores when 1 + T > cores)
-    launch_cpu: dict[str, list[float]] = defaultdict(list)
-    for r in runs:
-        for b, t0, t1, what in r.windows:
-            if what != "launch":
-                continue
-            for s in r.samples:
-                dur = max(s.end_ms - s.start_ms, 1e-6)
-                if s.browser != b and not s.first and s.concurrent == 1 and (s.kind, s.backend) in fitted_rates \
-                        and min(t1, s.end_ms) - max(t0, s.start_ms) >= 0.8 * dur:
-                    launch_cpu[kind_of(b)].append(s.compute_ms / predicted(s))
-    # ... and shard loads of another page whose only overlapping startup work was one launch
-    # (a load is one thread: factor = (1 + T) / cores)
-    for r in runs:
-        load_windows = [w for w in r.windows if w[3] == "load"]
-        for (k, mb, ms, first), (b, t0, t1, _) in zip(r.loads, load_windows):
-            dur = max(t1 - t0, 1e-6)
-            others = [w for w in r.windows if w[0] != b and min(t1, w[2]) - max(t0, w[1]) >= 0.5 * dur]
-            line = load_lines.get(k)
-            if len(others) == 1 and others[0][3] == "launch" and line is not None:
-                pred = line[0] + mb * line[1] + (line[2] if first else 0.0)
-                if pred > 0:
-                    launch_cpu[kind_of(others[0][0])].append(ms / pred)
-    # capped at the host's cores: the launch alone must still take launch_ms (measured alone)
-    launch_threads = {k: min(cores, max(1.0, float(np.median(v)) * cores - 1.0))
-                      for k, v in launch_cpu.items() if len(v) >= 3}
-    for k, v in launch_cpu.items():
-        residuals[f"launch_cpu.{k}"] = {"n": len(v), "median_slowdown_of_a_page_beside_it": float(np.median(v)),
-                                        "launch_threads": launch_threads.get(k)}
     launches = defaultdict(list)
     for r in runs:
         for (k, ms), n in zip(r.launches, r.launch_overlap):
@@ -476,8 +446,6 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
             ch["warmup_factor"], ch["warmup_runs"] = warm[kind]
         if kind in weight:
             ch["cpu_weight"] = weight[kind]
-        if main_thread and kind in launch_threads:
-            ch["launch_threads"] = launch_threads[kind]
         own_cv = [r["log_ratio_sd"] for k, r in residuals.items() if k.startswith(f"compute.{kind}.") and r.get("n", 0) > 2]
         if own_cv:
             ch["compute_cv"] = float(np.median(own_cv))

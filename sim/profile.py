@@ -46,9 +46,6 @@ class BrowserProfile:
     # browser (+ page_init_ms for the page's first); None: the profile's pooled model times load_scale.
     load_ms: float | None = None
     load_ms_per_mb: float | None = None
-    # Cores a launch keeps busy (cpu_bound_startup): a browser starts several processes at once
-    # (Firefox: parent, content, GPU, network), so its launch slows pages computing beside it.
-    launch_threads: float = 1.0
     # The page's main thread sends heartbeats. Measured: Chromium's session create (a shard load)
     # blocks it, Firefox's does not; a shard run (ORT Web WASM) blocks it in both. True: a heartbeat
     # due while blocked leaves when the block ends (setInterval runs once, late).

@@ -168,12 +168,12 @@ class SimWorld:
             took = self.env.now - started if self.p.cpu_bound_startup else ms
             self.observe(lambda now: r.BrowserReady(now, browser=page.id, launch_ms=took))
             self._heartbeat_loop(page)
-        self._busy(ms, ready, bp.launch_threads)
+        self._busy(ms, ready)
 
-    def _busy(self, ms: float, then: Callable[[], None], threads: float = 1.0) -> None:
+    def _busy(self, ms: float, then: Callable[[], None]) -> None:
         """Startup work (launch, load): host CPU when the profile says so, else a plain delay."""
         if self.p.cpu_bound_startup:
-            self.host.start(ms, threads, then)
+            self.host.start(ms, 1.0, then)
         else:
             self.at(ms, then)
 
