@@ -36,7 +36,7 @@ from coordinator.settings import resolve
 from events.store import Store
 from models.partition import make_plan
 from shardtwin.errors import InputError
-from sim.profile import DEFAULT_PROFILE, BackendRate, Profile, background_factor
+from sim.profile import AGED_PAGE_MS, DEFAULT_PROFILE, BackendRate, Profile, background_factor
 
 CLASSES = ("matmul", "attention", "elementwise", "conv")
 RATE_FIELD = {"matmul": "matmul_gflops", "attention": "attention_gflops", "elementwise": "elementwise_gflops",
@@ -83,6 +83,7 @@ class RunData:
     scenario: Any
     samples: list[Sample] = field(default_factory=list)
     loads: list[tuple[str, float, float, bool]] = field(default_factory=list)  # (kind, MB, ms, first in page)
+    load_age: list[float] = field(default_factory=list)       # ms the page had been ready when each load began
     launches: list[tuple[str, float]] = field(default_factory=list)
     load_overlap: list[int] = field(default_factory=list)     # startup jobs overlapping each load, it included
     launch_overlap: list[int] = field(default_factory=list)
@@ -120,6 +121,7 @@ def extract(store: Store, run_id: str) -> RunData:
     warmed: set[tuple[str, int]] = set()
     loading: dict[tuple[str, int], float] = {}
     free: dict[str, float] = {}                  # when each page's task chain last became free
+    ready_at: dict[str, float] = {}
     launching: dict[str, float] = {}
     windows: list[tuple[str, float, float, str]] = []      # (browser, start, end, what): startup CPU work
     runs_in_page: dict[str, int] = {}
@@ -164,6 +166,7 @@ def extract(store: Store, run_id: str) -> RunData:
             if e["value"] is not None and e["value"] > 5.0 and t0 is not None:
                 data.loads.append((kind_of(b), float(base.shards[e["shard"]].weight_mb),
                                    float(e["value"]) - (t0 - asked), sessions.get(b, 0) == 0))
+                data.load_age.append(t0 - ready_at.get(b, t0))
                 windows.append((b, t0, t, "load"))
                 sessions[b] = sessions.get(b, 0) + 1
         elif k == "browser_launch_requested":
@@ -175,6 +178,7 @@ def extract(store: Store, run_id: str) -> RunData:
             warmed -= {w for w in warmed if w[0] == b}
             runs_in_page[b] = sessions[b] = 0
             free.pop(b, None)
+            ready_at[b] = t
         if k == "fault_injected" and b and json.loads(e["detail"] or "{}").get("fault") == "browser_crash":
             faults.append((b, t))
         elif k == "failure_detected" and faults and faults[-1][0] == b:
@@ -301,13 +305,15 @@ def _fit_load_line(loads: list[tuple[str, float, float, bool, int]], lat: float)
     return float(p[0]), float(p[1]), float(p[2]) if X.shape[1] == 3 else 0.0
 
 
-def fit_loads(loads: list[tuple[str, float, float, bool, int]], link_latency_ms: float
+def fit_loads(loads: list[tuple[str, float, float, bool, int, float]], link_latency_ms: float
               ) -> tuple[dict[str, tuple[float, float, float]], tuple[float, float, float] | None, dict]:
     """Shard load (session create) time per browser kind: fixed + MB * per_mb, plus the page's
     first-session cost (ORT runtime init) for the first load in a page. Per kind when its loads
     cover two sizes (and a warm load for the init); the pooled line for the other kinds."""
     if not loads:
         return {}, None, {"n": 0, "fitted": False}
+    settled = [x for x in loads if x[3] and x[5] >= AGED_PAGE_MS]     # first loads of settled pages: apart
+    loads = [x for x in loads if not (x[3] and x[5] >= AGED_PAGE_MS)] or loads
     pooled = _fit_load_line(loads, link_latency_ms)
     per_kind: dict[str, tuple[float, float, float]] = {}
     res: dict[str, Any] = {"n": len(loads), "warm_loads": sum(1 for x in loads if not x[3]), "fitted": True}
@@ -332,6 +338,10 @@ def fit_loads(loads: list[tuple[str, float, float, bool, int]], link_latency_ms:
         yy = np.maximum(np.array([x[2] - 2 * link_latency_ms for x in own]), 1e-3)
         res[k] = {"n": len(own), "own_fit": line is not None, "fixed_ms": used[0], "ms_per_mb": used[1],
                   "page_init_ms": used[2], **_residual_stats(yy, pred)}
+        aged = [x[2] - 2 * link_latency_ms - used[0] - x[1] * used[1] for x in settled if x[0] == k]
+        if aged:
+            res[k]["page_init_aged_ms"] = max(0.0, float(np.median(aged)))
+            res[k]["aged_first_loads"] = len(aged)
     return per_kind, pooled, res
 
 
@@ -420,7 +430,8 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
     # time alone (the sim runs it on the host again: cpu_bound_startup)
     def alone(ms: float, n: int) -> float:
         return ms / max(1.0, n / cores)
-    loads = [(k, mb, alone(ms, n), first, n) for r in runs for (k, mb, ms, first), n in zip(r.loads, r.load_overlap)]
+    loads = [(k, mb, alone(ms, n), first, n, age) for r in runs
+             for (k, mb, ms, first), n, age in zip(r.loads, r.load_overlap, r.load_age or [0.0] * len(r.loads))]
     load_lines, pooled_load, residuals["load"] = fit_loads(loads, base.link_latency_ms)
     launches = defaultdict(list)
     for r in runs:
@@ -442,6 +453,7 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
         if kind in load_lines:
             ch["load_ms"], ch["load_ms_per_mb"], ch["page_init_ms"] = load_lines[kind]
             ch["load_scale"] = 1.0
+            ch["page_init_aged_ms"] = residuals["load"].get(kind, {}).get("page_init_aged_ms")
         if kind in warm:
             ch["warmup_factor"], ch["warmup_runs"] = warm[kind]
         if kind in weight:

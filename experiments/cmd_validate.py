@@ -47,6 +47,16 @@ COLLECT_SUITE = (
      "model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer", "browsers": ["chromium", "firefox"],
      "fault_tolerance_level": "low", "recovery_strategy": "failover", "workload": _IT(80, 32),
      "faults": [{"type": "browser_crash", "at_ms": 300.0, "browser": "firefox"}]},
+    # a standby page (ready for seconds) that takes a shard over: its first session is cheaper
+    # than a first session right after launch
+    {"name": "cal: minilm 2 layer crash chromium, failover to a standby", "model": "all-MiniLM-L6-v2", "shards": 2,
+     "shard_type": "layer", "browsers": ["chromium", "firefox"], "fault_tolerance_level": "high",
+     "recovery_strategy": "failover", "workload": _IT(40, 32),
+     "faults": [{"type": "browser_crash", "at_ms": 300.0, "browser": "chromium"}]},
+    {"name": "cal: minilm 2 layer crash firefox, failover to a standby", "model": "all-MiniLM-L6-v2", "shards": 2,
+     "shard_type": "layer", "browsers": ["firefox", "chromium"], "fault_tolerance_level": "high",
+     "recovery_strategy": "failover", "workload": _IT(40, 32),
+     "faults": [{"type": "browser_crash", "at_ms": 300.0, "browser": "firefox"}]},
     {"name": "cal: minilm 2 layer crash + restart", "model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer",
      "browsers": ["chromium", "firefox"], "fault_tolerance_level": "low", "workload": _IT(40, 32),
      "faults": [{"type": "browser_crash", "at_ms": 300.0, "browser": "firefox"}]},
@@ -94,6 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", default=str(DEFAULT_DB_PATH), metavar="PATH")
     p.add_argument("--report", metavar="DIR", help="write PNG plots and index.html here")
     p.add_argument("--runs", nargs="+", metavar="RUN", help="compare stored runs, run nothing: REAL_RUN SIM_RUN [SIM_RUN ...]")
+    p.add_argument("--real-repeats", type=int, default=None, metavar="N",
+                   help="run the scenario for real N times and pool them (default 1; 3 with --heldout)")
     p.add_argument("--sim-seeds", type=int, default=20, metavar="N",
                    help="the prediction is N sim runs with seeds seed..seed+N-1, pooled (default 20; 1: one run)")
     p.add_argument("--heldout", action="store_true",
@@ -130,23 +142,29 @@ def resolve_profile(spec: str | None, db: str):
 
 
 def run_pair(scenario, profile, db: str, timeout_s: float = 600.0, condition: bool = True,
-             out=sys.stdout.write, sim_seeds: int = 1) -> tuple[str, list[str]]:
-    """Run `scenario` for real (sampling the host's background load), then in sim with `profile`
-    (told that background load when `condition`), `sim_seeds` times with seeds scenario.seed,
-    scenario.seed + 1, ...; the real run id and the sim run ids."""
+             out=sys.stdout.write, sim_seeds: int = 1, real_repeats: int = 1) -> tuple[list[str], list[str]]:
+    """Run `scenario` for real `real_repeats` times (sampling the host's background load), then in
+    sim with `profile` (told the mean background load when `condition`), `sim_seeds` times with
+    seeds scenario.seed, scenario.seed + 1, ...; the real run ids and the sim run ids."""
     import dataclasses
     from experiments.calibrate import real_with_background
     from experiments.cmd_sim import simulate_and_store
     out(f"scenario: {scenario.name or scenario.model}; profile: {profile.name} v{profile.version} "
         f"(calibrated: {str(profile.calibrated).lower()})\n")
     sys.stdout.flush()
-    res, bg = real_with_background(scenario, db, timeout_s, profile=profile)
+    reals, bgs = [], []
+    for _ in range(max(1, real_repeats)):
+        res, bg = real_with_background(scenario, db, timeout_s, profile=profile)
+        reals.append(res["run_id"])
+        if bg is not None:
+            bgs.append(bg)
+    bg = sum(bgs) / len(bgs) if bgs else None
     if condition and bg is not None:
-        out(f"host background load during the real run: {bg:.2f} cores busy outside it (the sim is told; "
+        out(f"host background load during the real run(s): {bg:.2f} cores busy outside them (the sim is told; "
             f"profile average {profile.background_cores:.2f})\n")
         profile = dataclasses.replace(profile, background_cores=bg)
     sims = [simulate_and_store(scenario, profile, db, seed=scenario.seed + i)["run_id"] for i in range(max(1, sim_seeds))]
-    return res["run_id"], sims
+    return reals, sims
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -154,22 +172,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
     tol = Tolerance(args.tol_median, args.tol_p95, args.tol_recovery, args.tol_outcome)
     out = sys.stdout.write
     out(tol.describe() + "\n")
-    out(f"prediction: {args.sim_seeds} sim run(s) of the scenario (seeds seed..seed+{args.sim_seeds - 1}), "
-        "latencies pooled, fault times the median\n")
+    out(f"prediction: {args.sim_seeds} sim run(s) of the scenario (seeds seed..seed+{args.sim_seeds - 1}); "
+        f"observation: {args.real_repeats} real run(s); each side's latencies pooled, fault times the median\n")
     if args.heldout:
         return validate_suite(args, tol, out)
     if args.sim_seeds < 1:
         raise InputError(f"--sim-seeds must be >= 1, got {args.sim_seeds}")
+    if args.real_repeats is None:
+        args.real_repeats = 3 if args.heldout else 1
+    if args.real_repeats < 1:
+        raise InputError(f"--real-repeats must be >= 1, got {args.real_repeats}")
     if args.runs:
         if len(args.runs) < 2:
             raise InputError("--runs needs a real run id and at least one sim run id")
-        real_id, sim_id = args.runs[0], args.runs[1:]
+        real_id, sim_id = [args.runs[0]], args.runs[1:]
     else:
         real_id, sim_id = run_pair(scenario_from_args(args), resolve_profile(args.profile, args.db), args.db,
-                                   args.timeout, condition=not args.no_host_load, out=out, sim_seeds=args.sim_seeds)
+                                   args.timeout, condition=not args.no_host_load, out=out, sim_seeds=args.sim_seeds,
+                                   real_repeats=args.real_repeats)
     with Store(args.db) as store:
         cmp = compare(store.con, real_id, sim_id, tol)
-        out(f"real run {real_id} vs sim run(s) {', '.join(sim_id)}\n")
+        out(f"real run(s) {', '.join(real_id)} vs sim run(s) {', '.join(sim_id)}\n")
         out(format_table(cmp) + "\n")
         for m in cmp.outcome_mismatches[:10]:
             out(f"  outcome differs for request {m['request_id']}: real {m['real_outcome']} ({m['real_reason']}), "
@@ -195,11 +218,13 @@ def validate_suite(args: argparse.Namespace, tol, out) -> int:
     ok = True
     for spec in HELDOUT_SUITE:
         real_id, sim_id = run_pair(parse_scenario({"backend": "wasm", **spec}), profile, args.db, args.timeout,
-                                   condition=not args.no_host_load, out=out, sim_seeds=args.sim_seeds)
+                                   condition=not args.no_host_load, out=out, sim_seeds=args.sim_seeds,
+                                   real_repeats=args.real_repeats)
         with Store(args.db) as store:
             c = compare(store.con, real_id, sim_id, tol)
             from experiments.calibrate import background_of
-            bg = background_of(store, real_id)
+            bgs = [b for b in (background_of(store, r) for r in real_id) if b is not None]
+            bg = sum(bgs) / len(bgs) if bgs else None
         ok &= c.passed
         f = lambda v, nd=0: "n/a" if v is None else f"{v:.{nd}f}"  # noqa: E731
         faults = "; ".join(f"{x.type} {f(x.real_recovery_ms)} / {f(x.sim_recovery_ms)} ({f(x.recovery_err_pct, 1)}%)"
@@ -207,7 +232,7 @@ def validate_suite(args: argparse.Namespace, tol, out) -> int:
         rows.append(f"| {spec['name']} | {f(c.real['median_ms'])} | {f(c.sim['median_ms'])} | "
                     f"{f(c.median_err_pct, 1)}% | {f(c.real['p95_ms'])} | {f(c.sim['p95_ms'])} | {f(c.p95_err_pct, 1)}% | "
                     f"{faults} | {f(c.outcome_agreement_pct)}% | {f(bg, 2)} |")
-        out(f"{spec['name']}: real {real_id} sim {sim_id[0]} (+{len(sim_id) - 1} seeds): "
+        out(f"{spec['name']}: real {', '.join(real_id)} sim {sim_id[0]} (+{len(sim_id) - 1} seeds): "
             f"{'PASSED' if c.passed else 'FAILED'}\n")
     out("\n".join(rows) + "\n")
     return 0 if ok else 1

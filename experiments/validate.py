@@ -11,10 +11,11 @@ Rules:
   Detection time and throughput are reported, not gated (detection of a crash is ~20 ms,
   where a percentage says nothing).
 - The runs must share a scenario hash (the same scenario), else InputError.
-- The prediction may be an ensemble: several sim runs of the scenario with different seeds
-  (the simulator is stochastic: compute noise, heartbeat jitter). Latency figures pool the
-  requests of every sim run, fault detection/recovery take the median over the runs, and
-  per-request outcomes are paired with the first sim run (the scenario's own seed).
+- Either side may be several runs of the scenario: sim seeds (the simulator is stochastic:
+  compute noise, heartbeat jitter) and real repeats (a real run is one sample of a noisy
+  host). Latency figures pool the requests of a side's runs, fault detection/recovery take
+  the median over its runs (faults keyed by type, browser and order), and per-request
+  outcomes pair the first run of each side.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Comparison:
     outcome_mismatches: list[dict[str, Any]]
     faults: list[FaultRow] = field(default_factory=list)
     sim_runs: tuple[str, ...] = ()  # the ensemble (sim_run first); latency and fault figures pool them
+    real_runs: tuple[str, ...] = ()  # repeats of the real run (real_run first), pooled the same way
 
     @property
     def checks(self) -> dict[str, bool]:
@@ -149,20 +151,6 @@ FULL OUTER JOIN (SELECT * FROM request_latency WHERE run_id = ?) s ON r.request_
 ORDER BY 1
 """
 
-PAIRED_FAULTS = """
-WITH f AS (
-  SELECT *, row_number() OVER (PARTITION BY run_id, type, browser ORDER BY fault_seq) AS k
-  FROM fault_recovery WHERE run_id IN (?, ?)
-)
-SELECT coalesce(r.type, s.type) AS type, coalesce(r.browser, s.browser) AS browser,
-       r.detection_ms AS real_det, s.detection_ms AS sim_det, r.recovery_ms AS real_rec, s.recovery_ms AS sim_rec,
-       r.success AS real_ok, s.success AS sim_ok, coalesce(r.injected_ms, s.injected_ms) AS t
-FROM (SELECT * FROM f WHERE run_id = ?) r
-FULL OUTER JOIN (SELECT * FROM f WHERE run_id = ?) s
-  ON r.type = s.type AND r.browser IS NOT DISTINCT FROM s.browser AND r.k = s.k
-ORDER BY t, type, browser
-"""
-
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
     cur = con.execute(sql, params)
@@ -186,13 +174,8 @@ def paired_requests(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str)
     return _rows(con, PAIRED_REQUESTS, [real_run, sim_run])
 
 
-def paired_faults(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str) -> list[FaultRow]:
-    rows = _rows(con, PAIRED_FAULTS, [real_run, sim_run, real_run, sim_run])
-    return [FaultRow(i, r["type"], r["browser"], r["real_det"], r["sim_det"], r["real_rec"], r["sim_rec"],
-                     r["real_ok"], r["sim_ok"]) for i, r in enumerate(rows)]
-
-
 def check_same_scenario(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str | Sequence[str]) -> str:
+    """The scenario hash shared by `real_run` and every run in `sim_run`, else InputError."""
     others = [sim_run] if isinstance(sim_run, str) else list(sim_run)
     rows = dict(con.execute("SELECT run_id, scenario_hash FROM runs WHERE list_contains(?::VARCHAR[], run_id)",
                             [[real_run, *others]]).fetchall())
@@ -206,38 +189,60 @@ def check_same_scenario(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: 
     return rows[real_run]
 
 
-def ensemble_faults(con: duckdb.DuckDBPyConnection, real_run: str, sim_runs: Sequence[str]) -> list[FaultRow]:
-    """Faults paired with each sim run, then the median prediction over the runs (see module rules)."""
-    per = [paired_faults(con, real_run, s) for s in sim_runs]
-    base = per[0]
-    if len(per) == 1:
-        return base
+FAULT_ROWS = """
+SELECT run_id, type, browser, detection_ms, recovery_ms, success,
+       row_number() OVER (PARTITION BY run_id, type, browser ORDER BY fault_seq) AS k, injected_ms
+FROM fault_recovery WHERE list_contains(?::VARCHAR[], run_id)
+"""
 
-    def med(vals: list[float | None]) -> float | None:
-        v = sorted(x for x in vals if x is not None)
-        return None if not v else (v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2)
-    out = []
-    for f in base:
-        same = [g for rows in per for g in rows if (g.type, g.browser, g.real_recovery_ms, g.real_detection_ms)
-                == (f.type, f.browser, f.real_recovery_ms, f.real_detection_ms)]
-        ok = [g.sim_success for g in same if g.sim_success is not None]
-        out.append(FaultRow(f.ordinal, f.type, f.browser, f.real_detection_ms, med([g.sim_detection_ms for g in same]),
-                            f.real_recovery_ms, med([g.sim_recovery_ms for g in same]), f.real_success,
-                            (sum(ok) * 2 >= len(ok)) if ok else None))
+
+def _median(vals: list[float | None]) -> float | None:
+    v = sorted(x for x in vals if x is not None)
+    return None if not v else (v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2)
+
+
+def fault_summary(con: duckdb.DuckDBPyConnection, runs: Sequence[str]) -> dict[tuple, dict[str, Any]]:
+    """Per fault key (type, browser, k-th of that type on that browser): the median detection and
+    recovery over the runs, success by majority, and when it was injected (first run's time)."""
+    rows = _rows(con, FAULT_ROWS, [list(runs)])
+    keys: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        keys.setdefault((r["type"], r["browser"], r["k"]), []).append(r)
+    out = {}
+    for key, rs in keys.items():
+        ok = [bool(r["success"]) for r in rs if r["success"] is not None]
+        first = next((r for r in rs if r["run_id"] == runs[0]), rs[0])
+        out[key] = {"detection_ms": _median([r["detection_ms"] for r in rs]),
+                    "recovery_ms": _median([r["recovery_ms"] for r in rs]),
+                    "success": (sum(ok) * 2 >= len(ok)) if ok else None, "t": first["injected_ms"]}
     return out
 
 
-def compare(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str | Sequence[str],
+def ensemble_faults(con: duckdb.DuckDBPyConnection, real_runs: Sequence[str], sim_runs: Sequence[str]) -> list[FaultRow]:
+    """Faults of the real run(s) paired with the sim run(s) by (type, browser, order); each side
+    the median over its runs (see module rules)."""
+    real, sim = fault_summary(con, real_runs), fault_summary(con, sim_runs)
+    keys = sorted(set(real) | set(sim), key=lambda k: ((real.get(k) or sim[k])["t"] or 0.0, k[0] or "", k[1] or ""))
+    out = []
+    for i, k in enumerate(keys):
+        r, s = real.get(k, {}), sim.get(k, {})
+        out.append(FaultRow(i, k[0], k[1], r.get("detection_ms"), s.get("detection_ms"), r.get("recovery_ms"),
+                            s.get("recovery_ms"), r.get("success"), s.get("success")))
+    return out
+
+
+def compare(con: duckdb.DuckDBPyConnection, real_run: str | Sequence[str], sim_run: str | Sequence[str],
             tolerance: Tolerance = Tolerance(), require_same_scenario: bool = True) -> Comparison:
-    """The full comparison of a stored run with one run, or an ensemble of runs, of the same
-    scenario (see module rules)."""
+    """The full comparison of stored runs of one scenario: one real run or several (repeats), one
+    sim run or an ensemble of seeds (see module rules)."""
+    reals = [real_run] if isinstance(real_run, str) else list(real_run)
     sims = [sim_run] if isinstance(sim_run, str) else list(sim_run)
-    if not sims:
-        raise InputError("compare needs at least one sim run")
+    if not reals or not sims:
+        raise InputError("compare needs at least one run on each side")
     if require_same_scenario:
-        check_same_scenario(con, real_run, sims)
-    sim_run = sims[0]
-    real, sim = run_summary(con, real_run), run_summary(con, sims)
+        check_same_scenario(con, reals[0], [*reals[1:], *sims])
+    real_run, sim_run = reals[0], sims[0]
+    real, sim = run_summary(con, reals), run_summary(con, sims)
     pairs = paired_requests(con, real_run, sim_run)
     errs = sorted(e for p in pairs if p["real_outcome"] == "completed" == p["sim_outcome"]
                   for e in [pct_err(p["sim_ms"], p["real_ms"])] if e is not None)
@@ -248,7 +253,7 @@ def compare(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str | Sequen
     return Comparison(real_run, sim_run, tolerance, real, sim,
                       pct_err(sim["median_ms"], real["median_ms"]), pct_err(sim["p95_ms"], real["p95_ms"]),
                       per_req, pct_err(sim["throughput_rps"], real["throughput_rps"]), agree, mism,
-                      ensemble_faults(con, real_run, sims), tuple(sims))
+                      ensemble_faults(con, reals, sims), tuple(sims), tuple(reals))
 
 
 # --- presentation -------------------------------------------------------------------
@@ -298,8 +303,9 @@ def column_labels(c: Comparison) -> tuple[str, str]:
     """'real (measured)' / 'sim (predicted)', or the runs' sources when both are of one engine."""
     a, b = c.real.get("source"), c.sim.get("source")
     if (a, b) in (("real", "sim"), (None, None)):
-        n = len(c.sim_runs)
-        return "real (measured)", "sim (predicted)" if n <= 1 else f"sim ({n} seeds)"
+        n, m = len(c.sim_runs), len(c.real_runs)
+        return ("real (measured)" if m <= 1 else f"real ({m} runs)",
+                "sim (predicted)" if n <= 1 else f"sim ({n} seeds)")
     return f"{a} run A", f"{b} run B"
 
 

@@ -26,6 +26,9 @@ class BackendRate:
     readback_ms: float = 0.0      # per run: GPU -> CPU readback (webgpu)
 
 
+AGED_PAGE_MS = 1000.0   # a page ready this long before its first load counts as settled (page_init_aged_ms)
+
+
 @dataclass(frozen=True, slots=True)
 class BrowserProfile:
     launch_ms: float              # process start to first WebSocket message
@@ -46,6 +49,10 @@ class BrowserProfile:
     # browser (+ page_init_ms for the page's first); None: the profile's pooled model times load_scale.
     load_ms: float | None = None
     load_ms_per_mb: float | None = None
+    # The first session of a page that has been up for AGED_PAGE_MS or more (a standby): measured
+    # cheaper than right after launch, when the page still compiles its runtime in the background.
+    # None: page_init_ms whatever the page's age.
+    page_init_aged_ms: float | None = None
     # The page's main thread sends heartbeats. Measured: Chromium's session create (a shard load)
     # blocks it, Firefox's does not; a shard run (ORT Web WASM) blocks it in both. True: a heartbeat
     # due while blocked leaves when the block ends (setInterval runs once, late).

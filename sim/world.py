@@ -29,7 +29,7 @@ from events.schema import Event, EventKind
 from models.partition import ShardPlan
 from sim.calls import Draws, call_later
 from sim.host import Host
-from sim.profile import Profile, background_factor
+from sim.profile import AGED_PAGE_MS, Profile, background_factor
 
 STREAMS = ("launch", "heartbeat", "compute", "mtbf")
 
@@ -55,6 +55,7 @@ class Page:
     hb_pending: bool = False          # a heartbeat fell due during a shard run
     runs: int = 0                     # shard runs started in this page
     sessions: int = 0                 # sessions created in this page
+    ready_at: float = 0.0             # when the page said hello
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,7 @@ class SimWorld:
             if self.pages.get(cmd.browser) is not page:
                 return
             page.alive = page.connected = True
+            page.ready_at = self.env.now
             took = self.env.now - started if self.p.cpu_bound_startup else ms
             self.observe(lambda now: r.BrowserReady(now, browser=page.id, launch_ms=took))
             self._heartbeat_loop(page)
@@ -281,7 +283,10 @@ class SimWorld:
             return 2 * self.p.link_latency_ms
         mb = self.base_plan.shards[shard].weight_mb
         bp = self.p.browsers[page.kind]
-        init = bp.page_init_ms if page.sessions == 0 else 0.0
+        init = 0.0
+        if page.sessions == 0:
+            aged = bp.page_init_aged_ms is not None and self.env.now - page.ready_at >= AGED_PAGE_MS
+            init = bp.page_init_aged_ms if aged else bp.page_init_ms
         if bp.load_ms is not None and bp.load_ms_per_mb is not None:
             return 2 * self.p.link_latency_ms + bp.load_ms + mb * bp.load_ms_per_mb + init
         return (2 * self.p.link_latency_ms + bp.load_scale

@@ -160,3 +160,20 @@ def test_an_ensemble_prediction_pools_latencies_and_takes_the_median_fault_time(
     assert [f.sim_recovery_ms for f in ens.faults] == [520.0]          # median of 400, 520, 900
     assert [f.sim_recovery_ms for f in one.faults] == [400.0]
     assert "sim (3 seeds)" in format_table(ens)
+
+
+def test_real_repeats_are_pooled_like_sim_seeds():
+    s = parse_scenario(SCEN)
+    with Store(":memory:") as st:
+        reals = []
+        for lat, rec in (([100.0] * 3, 500.0), ([120.0] * 3, 700.0)):
+            rid = st.begin_run("real", s)
+            st.finish_run(rid, _log(rid, Source.REAL, lat, fault=(1000.0, 20.0, rec)))
+            reals.append(rid)
+        sid = st.begin_run("sim", s)
+        st.finish_run(sid, _log(sid, Source.SIM, [110.0] * 3, fault=(1000.0, 20.0, 600.0)))
+        c = compare(st.con, reals, sid)
+    assert c.real["runs"] == 2 and c.real["median_ms"] == pytest.approx(110.0)
+    assert c.median_err_pct == pytest.approx(0.0)
+    assert [f.real_recovery_ms for f in c.faults] == [600.0] and c.checks["recovery[0]"]
+    assert "real (2 runs)" in format_table(c)
