@@ -170,18 +170,19 @@ def run_pair(scenario, profile, db: str, timeout_s: float = 600.0, condition: bo
 def cmd_validate(args: argparse.Namespace) -> int:
     from experiments.validate import Tolerance, compare, format_table
     tol = Tolerance(args.tol_median, args.tol_p95, args.tol_recovery, args.tol_outcome)
-    out = sys.stdout.write
-    out(tol.describe() + "\n")
-    out(f"prediction: {args.sim_seeds} sim run(s) of the scenario (seeds seed..seed+{args.sim_seeds - 1}); "
-        f"observation: {args.real_repeats} real run(s); each side's latencies pooled, fault times the median\n")
-    if args.heldout:
-        return validate_suite(args, tol, out)
     if args.sim_seeds < 1:
         raise InputError(f"--sim-seeds must be >= 1, got {args.sim_seeds}")
     if args.real_repeats is None:
         args.real_repeats = 3 if args.heldout else 1
     if args.real_repeats < 1:
         raise InputError(f"--real-repeats must be >= 1, got {args.real_repeats}")
+    out = sys.stdout.write
+    out(tol.describe() + "\n")
+    if not args.runs:
+        out(f"prediction: {args.sim_seeds} sim run(s) of the scenario (seeds seed..seed+{args.sim_seeds - 1}); "
+            f"observation: {args.real_repeats} real run(s); each side's latencies pooled, fault times the median\n")
+    if args.heldout:
+        return validate_suite(args, tol, out)
     if args.runs:
         if len(args.runs) < 2:
             raise InputError("--runs needs a real run id and at least one sim run id")
