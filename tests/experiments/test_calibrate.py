@@ -119,3 +119,36 @@ def test_no_runs_is_one_line_error(tmp_path, capsys):
     assert main(["calibrate", "--db", str(tmp_path / "empty.duckdb")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "calibrate --collect" in err
+
+
+def test_fit_recovers_per_browser_load_lines_and_the_settled_page_init(tmp_path):
+    """Loads per kind: fixed + MB * per_mb, a first session right after launch costs page_init_ms more,
+    the first session of a page up for seconds (a standby) page_init_aged_ms more."""
+    lines = {"chromium": (100.0, 6.0, 900.0, 400.0), "firefox": (20.0, 4.0, 1300.0, 700.0)}
+    prof = dataclasses.replace(P, name="known-loads", compute_cv=0.0, browsers={
+        **P.browsers, **{k: dataclasses.replace(P.browsers[k], launch_sd_ms=0.0, load_ms=a, load_ms_per_mb=b,
+                                                page_init_ms=c, page_init_aged_ms=d)
+                         for k, (a, b, c, d) in lines.items()}})
+    db = str(tmp_path / "loads.duckdb")
+    specs = [{"model": "all-MiniLM-L6-v2", "shards": 1, "browsers": ["chromium"]},
+             {"model": "all-MiniLM-L6-v2", "shards": 1, "browsers": ["firefox"]},
+             {"model": "all-MiniLM-L6-v2", "shards": 4, "browsers": ["chromium", "firefox"]},       # second sessions
+             {"model": "bert-base-uncased", "shards": 2, "browsers": ["chromium"]},
+             {"model": "bert-base-uncased", "shards": 2, "browsers": ["firefox"]}]
+    for first in ("chromium", "firefox"):       # a crash moves the shard to the (settled) standby of that kind
+        other = "firefox" if first == "chromium" else "chromium"
+        specs.append({"model": "all-MiniLM-L6-v2", "shards": 2, "browsers": [first, other],
+                      "fault_tolerance_level": "high", "recovery_strategy": "failover",
+                      "faults": [{"type": "browser_crash", "at_ms": 300.0, "browser": first}]})
+    ids = []
+    for i, sp in enumerate(specs):
+        s = parse_scenario({"shard_type": "layer", "seed": i, **sp,
+                            "workload": {"kind": "iterations", "iterations": 20, "batch_size": 1, "seq_len": 32}})
+        ids.append(simulate_and_store(s, prof, db)["run_id"])
+    with Store(db) as st:
+        fit = calibrate(st, ids, name="fit", source="sim")
+    for kind, (a, b, c, d) in lines.items():
+        got = fit.browsers[kind]
+        assert abs(got.load_ms - a) < 5.0 and rel(got.load_ms_per_mb, b) < 0.03, (kind, got.load_ms, got.load_ms_per_mb)
+        assert rel(got.page_init_ms, c) < 0.03 and rel(got.page_init_aged_ms, d) < 0.03, (kind, got.page_init_ms,
+                                                                                         got.page_init_aged_ms)
