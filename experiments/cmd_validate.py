@@ -168,7 +168,7 @@ def run_pair(scenario, profile, db: str, timeout_s: float = 600.0, condition: bo
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from experiments.validate import Tolerance, compare, format_table
+    from experiments.validate import Tolerance, compare, format_table, reproducibility
     tol = Tolerance(args.tol_median, args.tol_p95, args.tol_recovery, args.tol_outcome)
     if args.sim_seeds < 1:
         raise InputError(f"--sim-seeds must be >= 1, got {args.sim_seeds}")
@@ -195,6 +195,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         cmp = compare(store.con, real_id, sim_id, tol)
         out(f"real run(s) {', '.join(real_id)} vs sim run(s) {', '.join(sim_id)}\n")
         out(format_table(cmp) + "\n")
+        rep = reproducibility(store.con, real_id)
+        if rep is not None:
+            g = lambda v: "n/a" if v is None else f"{v:.1f}%"  # noqa: E731
+            out(f"real run-to-run (median over {rep['pairs']} ordered pairs of repeats): median latency "
+                f"{g(rep['median_err_pct'])}, p95 {g(rep['p95_err_pct'])}, recovery {g(rep['recovery_err_pct'])}: "
+                "a prediction cannot be expected to come closer than this\n")
         for m in cmp.outcome_mismatches[:10]:
             out(f"  outcome differs for request {m['request_id']}: real {m['real_outcome']} ({m['real_reason']}), "
                 f"sim {m['sim_outcome']} ({m['sim_reason']})\n")
@@ -212,10 +218,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def validate_suite(args: argparse.Namespace, tol, out) -> int:
     """Every held-out scenario for real and in sim; one markdown row per scenario (+ per fault)."""
     from events.scenario import parse_scenario
-    from experiments.validate import compare
+    from experiments.validate import compare, reproducibility
     profile = resolve_profile(args.profile, args.db)
     rows = ["| scenario | real median ms | sim median ms | err | real p95 ms | sim p95 ms | err | fault recovery "
-            "real / sim ms (err) | outcome agreement | background cores |", "|" + "---|" * 10]
+            "real / sim ms (err) | outcome agreement | real run-to-run err median / p95 / recovery | background cores |",
+            "|" + "---|" * 11]
     ok = True
     for spec in HELDOUT_SUITE:
         real_id, sim_id = run_pair(parse_scenario({"backend": "wasm", **spec}), profile, args.db, args.timeout,
@@ -223,6 +230,7 @@ def validate_suite(args: argparse.Namespace, tol, out) -> int:
                                    real_repeats=args.real_repeats)
         with Store(args.db) as store:
             c = compare(store.con, real_id, sim_id, tol)
+            rep = reproducibility(store.con, real_id)
             from experiments.calibrate import background_of
             bgs = [b for b in (background_of(store, r) for r in real_id) if b is not None]
             bg = sum(bgs) / len(bgs) if bgs else None
@@ -230,9 +238,11 @@ def validate_suite(args: argparse.Namespace, tol, out) -> int:
         f = lambda v, nd=0: "n/a" if v is None else f"{v:.{nd}f}"  # noqa: E731
         faults = "; ".join(f"{x.type} {f(x.real_recovery_ms)} / {f(x.sim_recovery_ms)} ({f(x.recovery_err_pct, 1)}%)"
                            for x in c.faults) or "none"
+        noise = "n/a" if rep is None else (f"{f(rep['median_err_pct'], 1)}% / {f(rep['p95_err_pct'], 1)}% / "
+                                           f"{f(rep['recovery_err_pct'], 1)}%")
         rows.append(f"| {spec['name']} | {f(c.real['median_ms'])} | {f(c.sim['median_ms'])} | "
                     f"{f(c.median_err_pct, 1)}% | {f(c.real['p95_ms'])} | {f(c.sim['p95_ms'])} | {f(c.p95_err_pct, 1)}% | "
-                    f"{faults} | {f(c.outcome_agreement_pct)}% | {f(bg, 2)} |")
+                    f"{faults} | {f(c.outcome_agreement_pct)}% | {noise} | {f(bg, 2)} |")
         out(f"{spec['name']}: real {', '.join(real_id)} sim {sim_id[0]} (+{len(sim_id) - 1} seeds): "
             f"{'PASSED' if c.passed else 'FAILED'}\n")
     out("\n".join(rows) + "\n")

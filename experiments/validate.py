@@ -256,6 +256,25 @@ def compare(con: duckdb.DuckDBPyConnection, real_run: str | Sequence[str], sim_r
                       ensemble_faults(con, reals, sims), tuple(sims), tuple(reals))
 
 
+def reproducibility(con: duckdb.DuckDBPyConnection, real_runs: Sequence[str]) -> dict[str, float | None] | None:
+    """How far repeats of the real run are from each other: the median, over ordered pairs of
+    repeats, of the same errors a prediction is judged by (median, p95, recovery of each fault).
+    A prediction cannot be held to less than this. None with fewer than two repeats."""
+    runs = list(real_runs)
+    if len(runs) < 2:
+        return None
+    med, p95, rec = [], [], []
+    for a in runs:
+        for b in runs:
+            if a != b:
+                c = compare(con, b, a, require_same_scenario=False)
+                med.append(c.median_err_pct)
+                p95.append(c.p95_err_pct)
+                rec += [f.recovery_err_pct for f in c.faults]
+    return {"pairs": len(med), "median_err_pct": _median(med), "p95_err_pct": _median(p95),
+            "recovery_err_pct": _median(rec)}
+
+
 # --- presentation -------------------------------------------------------------------
 
 def _f(v: Any, nd: int = 1) -> str:

@@ -13,7 +13,7 @@ from events.scenario import parse_scenario
 from events.schema import Event, EventKind as K, EventLog, numbered
 from events.store import Store
 from experiments.cli import main
-from experiments.validate import Tolerance, compare, format_table, pct_err
+from experiments.validate import Tolerance, compare, format_table, pct_err, reproducibility
 from shardtwin.vocab import Source
 
 SCEN = {"model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer", "browsers": ["chromium", "firefox"],
@@ -177,3 +177,17 @@ def test_real_repeats_are_pooled_like_sim_seeds():
     assert c.median_err_pct == pytest.approx(0.0)
     assert [f.real_recovery_ms for f in c.faults] == [600.0] and c.checks["recovery[0]"]
     assert "real (2 runs)" in format_table(c)
+
+
+def test_reproducibility_is_the_error_between_real_repeats():
+    s = parse_scenario(SCEN)
+    with Store(":memory:") as st:
+        reals = []
+        for lat in ([100.0] * 3, [110.0] * 3):
+            rid = st.begin_run("real", s)
+            st.finish_run(rid, _log(rid, Source.REAL, lat))
+            reals.append(rid)
+        rep = reproducibility(st.con, reals)
+        assert reproducibility(st.con, reals[:1]) is None
+    # 110 vs 100 -> 10%, 100 vs 110 -> 9.09%: the median of the two ordered pairs
+    assert rep["pairs"] == 2 and rep["median_err_pct"] == pytest.approx((10.0 + 100 / 11) / 2)
