@@ -403,7 +403,7 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
         return predict_compute(fitted_rates[(s.kind, s.backend)], s) * background_factor(
             cores, weight.get(s.kind, 1.0), bg[s.run_id])
     # warm-up curve over the run index in a page, and contention, relative to the steady fit
-    warm: dict[str, tuple[float, float]] = {}
+    warm: dict[str, tuple[float, float, float]] = {}
     eff: list[float] = []
     for kind in sorted({s.kind for s in samples}):
         by_index: dict[int, list[float]] = defaultdict(list)
@@ -411,10 +411,30 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
             if s.kind == kind and (s.kind, s.backend) in fitted_rates and s.concurrent == 1 and not s.beside_startup:
                 by_index[min(s.page_index, 2 * STEADY_INDEX)].append(s.compute_ms / predicted(s))
         if 0 in by_index:
-            warm[kind] = fit_warmup({i: float(np.median(v)) for i, v in by_index.items()})
+            factor, runs_ = fit_warmup({i: float(np.median(v)) for i, v in by_index.items()})
+            # a page's first run costs extra + (factor - 1) * its steady time: both from the first runs
+            # of pages whose shards differ in size (else the ratio alone, as before)
+            firsts = [(predicted(s), s.compute_ms) for s in samples if s.kind == kind and s.page_index == 0
+                      and (s.kind, s.backend) in fitted_rates and s.concurrent == 1 and not s.beside_startup]
+            extra = 0.0
+            if len(firsts) >= 4 and len({round(p, 0) for p, _ in firsts}) >= 3:
+                P_ = np.array([p for p, _ in firsts])
+                R_ = np.array([y - p for p, y in firsts])
+                A, B = (max(float(v), 0.0) for v in _robust_linear(np.column_stack([np.ones_like(P_), P_]), R_,
+                                                                    np.array([float(np.median(R_)), 0.5]),
+                                                                    max(float(np.median(np.abs(R_))) * 0.2, 1.0)))
+                extra, factor = A, 1.0 + B
+            warm[kind] = (factor, runs_, extra)
             residuals[f"warmup.{kind}"] = {"median_ratio_by_run_index": {i: float(np.median(v)) for i, v
                                                                          in sorted(by_index.items())},
-                                           "factor": warm[kind][0], "runs": warm[kind][1]}
+                                           "factor": factor, "runs": runs_, "extra_ms": extra,
+                                           "first_runs": len(firsts)}
+        # a new session's first run in a page that is past its own warm-up (failover onto a live page)
+        late = [s.compute_ms - predicted(s) for s in samples if s.kind == kind and s.first
+                and s.page_index >= STEADY_INDEX and (s.kind, s.backend) in fitted_rates and s.concurrent == 1]
+        if late:
+            residuals.setdefault(f"warmup.{kind}", {})["session_first_run_ms"] = max(0.0, float(np.median(late)))
+            residuals[f"warmup.{kind}"]["late_first_runs"] = len(late)
     for s in samples:
         if s.concurrent > 1 and not s.first and (s.kind, s.backend) in fitted_rates:
             threads = fitted_rates[(s.kind, s.backend)].threads
@@ -455,7 +475,9 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
             ch["load_scale"] = 1.0
             ch["page_init_aged_ms"] = residuals["load"].get(kind, {}).get("page_init_aged_ms")
         if kind in warm:
-            ch["warmup_factor"], ch["warmup_runs"] = warm[kind]
+            ch["warmup_factor"], ch["warmup_runs"], ch["warmup_extra_ms"] = warm[kind]
+        if "session_first_run_ms" in residuals.get(f"warmup.{kind}", {}):
+            ch["session_first_run_ms"] = residuals[f"warmup.{kind}"]["session_first_run_ms"]
         if kind in weight:
             ch["cpu_weight"] = weight[kind]
         own_cv = [r["log_ratio_sd"] for k, r in residuals.items() if k.startswith(f"compute.{kind}.") and r.get("n", 0) > 2]

@@ -45,6 +45,8 @@ class BrowserProfile:
     warmup_runs: float = 0.0      # > 0: the n-th run in a page (any shard) takes 1 + (warmup_factor - 1) *
                                   # exp(-n / warmup_runs) times longer (V8 WASM tier-up measured in Chromium)
     page_init_ms: float = 0.0     # extra cost of a page's first session create (ORT WASM runtime init)
+    warmup_extra_ms: float = 0.0  # additive first-run cost of a page (decays like warmup_factor's excess)
+    session_first_run_ms: float = 0.0   # extra ms of a shard's first run in a page (a new session's first run)
     # Per-kind load line (calibrated): a session create costs load_ms + MB * load_ms_per_mb in this
     # browser (+ page_init_ms for the page's first); None: the profile's pooled model times load_scale.
     load_ms: float | None = None

@@ -338,9 +338,12 @@ class SimWorld:
         ms = ms * page.slow + rate.run_overhead_ms + rate.readback_ms
         bp = self.p.browsers[page.kind]
         if bp.warmup_runs > 0:
-            ms *= 1.0 + (bp.warmup_factor - 1.0) * math.exp(-page.runs / bp.warmup_runs)
+            decay = math.exp(-page.runs / bp.warmup_runs)
+            ms = ms * (1.0 + (bp.warmup_factor - 1.0) * decay) + bp.warmup_extra_ms * decay
         elif cmd.shard not in page.warmed:
-            ms *= bp.warmup_factor
+            ms = ms * bp.warmup_factor + bp.warmup_extra_ms
+        if bp.session_first_run_ms and cmd.shard not in page.warmed:
+            ms += bp.session_first_run_ms
         ms *= self.background_factor(page.kind)
         if page.pressure:
             ms *= self.p.pressure_slowdown[page.pressure]
