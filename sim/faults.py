@@ -65,9 +65,13 @@ def _disconnect(w: SimWorld, page: Page, delay_ms: float | None) -> None:
 
 
 def _hang(w: SimWorld, page: Page, duration_ms: float | None) -> None:
+    """The page's main thread spins (the real fault is a busy loop): no heartbeats, no progress of
+    its shard run, and one core of the host busy at the page's weight until it wakes or dies."""
     page.hung = True
     if page.job is not None:
         w.host.pause(page.job, True)
+    if page.spin is None:
+        page.spin = w.host.start(float("inf"), 1.0, lambda: None, w.p.browsers[page.kind].cpu_weight)
     if duration_ms is None:
         return
     inc = page.incarnation
@@ -75,6 +79,9 @@ def _hang(w: SimWorld, page: Page, duration_ms: float | None) -> None:
     def wake() -> None:
         if page.alive and page.incarnation == inc:
             page.hung = False
+            if page.spin is not None:
+                w.host.cancel(page.spin)
+                page.spin = None
             if page.job is not None:
                 w.host.pause(page.job, False)
             _clear(w, page, "hang", inc)

@@ -53,6 +53,7 @@ class Page:
     warmed: set[int] = field(default_factory=set)             # shards this page has run once
     creating: int = 0                 # 1 while a shard load runs in the page's task chain
     hb_pending: bool = False          # a heartbeat fell due during a shard run
+    spin: int | None = None           # host job of a hang's busy loop
     runs: int = 0                     # shard runs started in this page
     sessions: int = 0                 # sessions created in this page
     ready_at: float = 0.0             # when the page said hello
@@ -170,12 +171,12 @@ class SimWorld:
             took = self.env.now - started if self.p.cpu_bound_startup else ms
             self.observe(lambda now: r.BrowserReady(now, browser=page.id, launch_ms=took))
             self._heartbeat_loop(page)
-        self._busy(ms, ready)
+        self._busy(ms, ready, 1.0, 1.0)     # browser startup runs at nice 0 (weight 1)
 
-    def _busy(self, ms: float, then: Callable[[], None]) -> None:
+    def _busy(self, ms: float, then: Callable[[], None], threads: float = 1.0, weight: float = 1.0) -> None:
         """Startup work (launch, load): host CPU when the profile says so, else a plain delay."""
         if self.p.cpu_bound_startup:
-            self.host.start(ms, 1.0, then)
+            self.host.start(ms, threads, then, weight)
         else:
             self.at(ms, then)
 
@@ -190,6 +191,9 @@ class SimWorld:
         if page.job is not None:
             self.host.cancel(page.job)
             page.job = None
+        if page.spin is not None:
+            self.host.cancel(page.spin)
+            page.spin = None
 
     def memory_mb(self, page: Page) -> float:
         bp = self.p.browsers[page.kind]
@@ -313,7 +317,7 @@ class SimWorld:
             self._deliver(page, item.epoch, lambda now: r.ShardLoaded(now, shard=cmd.shard, browser=page.id,
                                                                       load_ms=took))
             self._next_job(page)
-        self._busy(ms, loaded)
+        self._busy(ms, loaded, 1.0, self.p.browsers[page.kind].cpu_weight)
 
     def _send_run(self, cmd: c.RunShard) -> None:
         page = self.pages.get(cmd.browser)
@@ -375,7 +379,8 @@ class SimWorld:
         threads = self.p.rate(page.kind, self.backend).threads
         started = self.env.now
         page.job_run = cmd
-        page.job = self.host.start(work, threads, lambda: self._job_done(page, cmd, started))
+        page.job = self.host.start(work, threads, lambda: self._job_done(page, cmd, started),
+                                   self.p.browsers[page.kind].cpu_weight)
         if page.hung:
             self.host.pause(page.job, True)
 

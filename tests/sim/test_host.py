@@ -81,3 +81,37 @@ def test_more_browsers_than_cores_do_not_compute_faster():
     # ...while with enough cores the same 4 browsers do help: the model is sensitive to cores.
     four_wide, _ = _throughput(("chromium",) * 4, 8.0)
     assert four_wide > 1.3 * four
+
+
+def test_a_full_host_shares_its_cores_by_weight():
+    """CFS: a renderer at weight 0.2 beside a two-thread nice-0 job on 2 cores gets 2 x 0.2 / 2.2 of a core."""
+    env = simpy.Environment()
+    host = Host(env, 2.0)
+    done: dict[str, float] = {}
+    host.start(100.0, 1.0, lambda: done.__setitem__("page", env.now), weight=0.2)
+    host.start(1000.0, 2.0, lambda: done.__setitem__("launch", env.now), weight=1.0)
+    env.run(until=500.0)
+    assert "page" not in done                     # 100 ms of work at 0.18 speed: 550 ms
+    env.run()
+    assert done["page"] == pytest.approx(100.0 / (2 * 0.2 / 2.2))
+    # equal weights: the old rule (cores / demand) exactly
+    assert _finish_times(2.0, [100.0] * 3) == pytest.approx([150.0] * 3)
+
+
+def test_a_hung_page_burns_a_core_until_it_wakes():
+    from events.scenario import parse_scenario
+    from events.schema import EventKind as K
+    prof = dataclasses.replace(DEFAULT_PROFILE, host_cores=1.0)
+    base = {"model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer", "browsers": ["chromium", "firefox"],
+            "fault_tolerance_level": "none", "workload": {"kind": "iterations", "iterations": 30}}
+    calm = run_scenario(parse_scenario(base), prof)
+    # firefox hangs for 1 s early on; chromium's runs in that second share the single core with the spin
+    hung = run_scenario(parse_scenario({**base, "faults": [{"type": "hang", "browser": "firefox", "at_ms": 0.0,
+                                                           "duration_ms": 1000.0}]}), prof)
+
+    def chromium_compute(log, until):
+        t0 = next(e.t_ms for e in log.events if e.kind == K.WORKLOAD_STARTED)
+        return [e.value for e in log.events if e.kind == K.SHARD_COMPLETED and e.browser.startswith("chromium")
+                and e.t_ms - t0 < until]
+    assert chromium_compute(hung.log, 1000.0)
+    assert min(chromium_compute(hung.log, 1000.0)) > 1.5 * max(chromium_compute(calm.log, 1e9))
