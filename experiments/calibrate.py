@@ -356,6 +356,76 @@ def fit_warmup(ratio_by_index: dict[int, float]) -> tuple[float, float]:
     return f0, min(TAUS, key=err)
 
 
+def threads_for_slowdown(s: float, page_weight: float, cores: float) -> float:
+    """Threads T of a nice-0 job that slow a one-thread page of CFS weight w by s on `cores` cores
+    (sim.host's weighted sharing inverted): while the job is below its own cap the page gets
+    cores * w / (w + T); once the job is capped, the cores it leaves."""
+    if s <= 1.0:
+        return 1.0
+    t = page_weight * (s * cores - 1.0)
+    if cores >= page_weight + t:
+        t = cores - 1.0 / s
+    return min(cores, max(1.0, t))
+
+
+def _burst_slowdown(t: float, w: float, cores: float) -> float:
+    """A one-thread page of weight w beside a nice-0 burst of t threads (sim.host's sharing)."""
+    if 1.0 + t <= cores:
+        return 1.0
+    lam = cores / (w + t)
+    return 1.0 / (lam * w) if lam < 1.0 else 1.0 / max(cores - t, 1e-3)
+
+
+def fit_launch_cpu(runs: list[RunData], predicted, weight: dict[str, float], cores: float, fitted_rates: dict
+                   ) -> tuple[dict[str, tuple[float, float]], dict[str, float], dict[str, Any]]:
+    """Per launching kind (threads, fraction of the launch they burn), and the CFS weight of each page
+    kind, from warm runs of other pages inside launch windows: their slowdown against the steady fit
+    by position in the window. Grid over burst fraction and page weights; threads = the median
+    slowdown inside the burst inverted through the sharing model. Pages of a low weight (a
+    renderer at nice 5) lose far more to a launch than pages at nice 0: that is what tells the
+    weights apart. Returns ({launch kind: (threads, fraction)}, {page kind: weight}, residuals)."""
+    found: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for r in runs:
+        for b, t0, t1, what in r.windows:
+            if what != "launch" or t1 <= t0:
+                continue
+            for s in r.samples:
+                mid = (s.start_ms + s.end_ms) / 2
+                if s.browser != b and not s.first and s.concurrent == 1 and t0 <= mid <= t1 \
+                        and (s.kind, s.backend) in fitted_rates:
+                    found[kind_of(b)].append(((mid - t0) / (t1 - t0), s.compute_ms / predicted(s), s.kind))
+    launchers = [k for k, v in found.items() if len(v) >= 8]
+    pages = sorted({x[2] for k in launchers for x in found[k]})
+    if not launchers:
+        return {}, {}, {f"launch_cpu.{k}": {"n": len(v), "fitted": False} for k, v in found.items()}
+    best = None
+    import itertools
+    for ws in itertools.product(WEIGHTS, repeat=len(pages)):
+        wk = dict(zip(pages, ws))
+        err, fit = 0.0, {}
+        for k in launchers:
+            kbest = None
+            for frac in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0):
+                inside = [threads_for_slowdown(s, wk[pk], cores) for p, s, pk in found[k] if p < frac]
+                t = float(np.median(inside)) if inside else 1.0
+                e = sum((math.log(max(s, 1e-3)) - math.log(_burst_slowdown(t, wk[pk], cores) if p < frac else 1.0)) ** 2
+                        for p, s, pk in found[k])
+                if kbest is None or e < kbest[0] - 1e-9:
+                    kbest = (e, t, frac)
+            err += kbest[0]
+            fit[k] = (kbest[1], kbest[2]) if kbest[1] > 1.0 else (1.0, 1.0)
+        if best is None or err < best[0] - 1e-9:
+            best = (err, fit, wk)
+    _, fit, wk = best
+    res = {f"launch_cpu.{k}": {"n": len(found[k]), "fitted": k in fit, "launch_threads": fit.get(k, (None,))[0],
+                               "launch_cpu_fraction": fit.get(k, (None, None))[1],
+                               "median_slowdown_in_first_half": float(np.median([s for p, s, _ in found[k] if p < 0.5]
+                                                                                or [1.0]))}
+           for k in found}
+    res["launch_cpu.page_weights"] = wk
+    return fit, wk, res
+
+
 def _robust_sd(x: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(x - np.median(x)))) if len(x) > 1 else 0.0
 
@@ -453,6 +523,10 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
     loads = [(k, mb, alone(ms, n), first, n, age) for r in runs
              for (k, mb, ms, first), n, age in zip(r.loads, r.load_overlap, r.load_age or [0.0] * len(r.loads))]
     load_lines, pooled_load, residuals["load"] = fit_loads(loads, base.link_latency_ms)
+    launch_cpu, launch_weights, launch_res = fit_launch_cpu(runs, predicted, weight, cores, fitted_rates)
+    residuals.update(launch_res)
+    if main_thread:
+        weight.update(launch_weights)    # identified by launches (the background-load grid rarely is)
     launches = defaultdict(list)
     for r in runs:
         for (k, ms), n in zip(r.launches, r.launch_overlap):
@@ -480,6 +554,8 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
             ch["session_first_run_ms"] = residuals[f"warmup.{kind}"]["session_first_run_ms"]
         if kind in weight:
             ch["cpu_weight"] = weight[kind]
+        if main_thread and kind in launch_cpu:
+            ch["launch_threads"], ch["launch_cpu_fraction"] = launch_cpu[kind]
         own_cv = [r["log_ratio_sd"] for k, r in residuals.items() if k.startswith(f"compute.{kind}.") and r.get("n", 0) > 2]
         if own_cv:
             ch["compute_cv"] = float(np.median(own_cv))

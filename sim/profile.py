@@ -62,6 +62,11 @@ class BrowserProfile:
     heartbeat_blocked_by_compute: bool = False
     compute_cv: float | None = None   # this browser's run-to-run compute noise (None: the profile's)
     cpu_weight: float = 1.0       # CFS weight of its renderer vs a nice-0 process (Chromium renders at nice 5: ~0.33)
+    # A launch's CPU (cpu_bound_startup): a burst of `launch_threads` cores at nice 0 over the first
+    # `launch_cpu_fraction` of launch_ms, then waiting (measured: Firefox starts its processes up front
+    # and slows a page beside it ~3x early in its launch, not at the end).
+    launch_threads: float = 1.0
+    launch_cpu_fraction: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

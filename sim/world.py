@@ -171,7 +171,12 @@ class SimWorld:
             took = self.env.now - started if self.p.cpu_bound_startup else ms
             self.observe(lambda now: r.BrowserReady(now, browser=page.id, launch_ms=took))
             self._heartbeat_loop(page)
-        self._busy(ms, ready, 1.0, 1.0)     # browser startup runs at nice 0 (weight 1)
+        if self.p.cpu_bound_startup and bp.launch_cpu_fraction < 1.0:   # a CPU burst, then waiting
+            burst = ms * bp.launch_cpu_fraction
+            self.host.start(burst, min(bp.launch_threads, self.p.host_cores),
+                            lambda: self.at(ms - burst, ready), 1.0)
+        else:
+            self._busy(ms, ready, min(bp.launch_threads, self.p.host_cores), 1.0)   # nice 0 (weight 1)
 
     def _busy(self, ms: float, then: Callable[[], None], threads: float = 1.0, weight: float = 1.0) -> None:
         """Startup work (launch, load): host CPU when the profile says so, else a plain delay."""
