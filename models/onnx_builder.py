@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
+from models.graph import build_graph, execution_order
 from models.onnx_ops import GraphBuilder
 from models.weights import BERT_FAMILIES, VIT_FAMILIES, num_labels, resolve_arch, vit_tokens
 from shardtwin.errors import ModelAssetError, PlanError
@@ -61,9 +62,9 @@ class ShardState:
 
 @dataclass(frozen=True)
 class Family:
-    """How one family of architectures turns into units, tensors and graph pieces."""
+    """How one family of architectures turns its units (named by models/graph.py) into
+    tensors and graph pieces."""
 
-    units: Callable[[Any], list[str]]
     emit: Callable[[ShardState, str], None]
     tensor_type: Callable[[ShardState, str], tuple[type, list[int]]]
     reads: Callable[[str], set[str]]          # logical tensors a unit reads
@@ -74,11 +75,6 @@ class Family:
 
 
 # -- BERT family -------------------------------------------------------------------
-def bert_units(a: Any) -> list[str]:
-    layers = [f"encoder.{i}.{p}" for i in range(a.num_layers) for p in ("attention", "feedforward")]
-    return ["embeddings", *layers, "pooler"]
-
-
 def _bert_embeddings(st: ShardState) -> None:
     g, a = st.g, st.arch
     ids = st.get("input_ids")
@@ -149,16 +145,11 @@ def _bert_reads(unit: str) -> set[str]:
     return {"hidden", "attention_mask"} if unit.endswith("attention") else {"hidden"}
 
 
-BERT = Family(bert_units, _bert_emit, _bert_type, _bert_reads,
+BERT = Family(_bert_emit, _bert_type, _bert_reads,
               frozenset({"input_ids", "token_type_ids", "attention_mask"}), ("hidden", "pooled"))
 
 
 # -- ViT / DeiT --------------------------------------------------------------------
-def vit_units(a: Any) -> list[str]:
-    layers = [f"encoder.{i}.{p}" for i in range(a.num_layers) for p in ("attention", "feedforward")]
-    return ["embeddings", *layers, "final_norm", "head"]
-
-
 def _vit_embeddings(st: ShardState) -> None:
     g, a, b = st.g, st.arch, st.batch
     p, h, grid = a.patch_size, a.hidden_size, a.image_size // a.patch_size
@@ -204,7 +195,7 @@ def _vit_type(st: ShardState, name: str) -> tuple[type, list[int]]:
             "hidden": (np.float32, [b, st.seq, a.hidden_size]), "logits": (np.float32, [b, num_labels(a)])}[name]
 
 
-VIT = Family(vit_units, _vit_emit, _vit_type,
+VIT = Family(_vit_emit, _vit_type,
              lambda u: {"pixel_values"} if u == "embeddings" else {"hidden"},
              frozenset({"pixel_values"}), ("hidden", "logits"), seq_len=lambda a, s: vit_tokens(a))
 
@@ -222,14 +213,15 @@ def family_of(arch: Any) -> Family:
 
 
 def model_units(model: Any) -> list[str]:
-    """The model's units in execution order (the naming shared with the partitioner)."""
+    """The model's units in execution order: the unit graph's order (models/graph.py), the
+    naming shared with the partitioner. PlanError for a family with no ONNX graph."""
     arch = resolve_arch(model)
-    return family_of(arch).units(arch)
+    family_of(arch)
+    return list(execution_order(build_graph(arch)))
 
 
-def _check_units(arch: Any, fam: Family, units: Sequence[str]) -> int:
-    """Index of the first unit in the model's order; raises PlanError unless contiguous."""
-    order = fam.units(arch)
+def _check_units(arch: Any, order: list[str], units: Sequence[str]) -> int:
+    """Index of the first unit in `order` (the model's units); raises PlanError unless contiguous."""
     unknown = [u for u in units if u not in order]
     if not units or unknown:
         raise PlanError(f"units {unknown or '[]'} not in {arch.name}; known: {', '.join(order)}")
@@ -253,7 +245,8 @@ def build_shard_model(model_name: Any, units: Sequence[str], weights: Mapping[st
     """The ONNX graph of `units` (contiguous, in model order) with their weights embedded."""
     arch = resolve_arch(model_name)
     fam = family_of(arch)
-    start = _check_units(arch, fam, units)
+    order = model_units(arch)
+    start = _check_units(arch, order, units)
     st = ShardState(GraphBuilder(weights, opset), arch, batch_size, fam.seq_len(arch, seq_len), fam)
     if start == 0:
         for name in fam.first_unit_inputs:
@@ -265,7 +258,7 @@ def build_shard_model(model_name: Any, units: Sequence[str], weights: Mapping[st
         raise ModelAssetError(f"weights for {arch.name} lack {exc}") from None
     # inputs in a stable order: carried tensors first, then request inputs as first declared
     st.g.inputs.sort(key=lambda v: not v.name.endswith(CARRIED_SUFFIX))
-    for name in shard_outputs(fam, fam.units(arch), start + len(units), st.env):
+    for name in shard_outputs(fam, order, start + len(units), st.env):
         dtype, shape = fam.tensor_type(st, name)
         st.g.add_output(st.env[name], name, dtype, shape)
     source = getattr(weights, "source", "unknown")

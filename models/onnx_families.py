@@ -38,12 +38,6 @@ def whisper_spec(a: Any) -> dict[str, tuple[int, ...]]:
     return spec | _norm("decoder.final_norm", h) | _linear("head", h, a.vocab_size, bias=False)
 
 
-def whisper_units(a: Any) -> list[str]:
-    enc = [f"encoder.{i}.{p}" for i in range(a.encoder_layers) for p in ("attention", "feedforward")]
-    dec = [f"decoder.{i}.{p}" for i in range(a.decoder_layers) for p in ("attention", "cross_attention", "feedforward")]
-    return ["encoder.embeddings", *enc, "encoder.final_norm", "decoder.embeddings", *dec, "decoder.final_norm", "head"]
-
-
 def _conv_gelu(st: ShardState, x: str, name: str, stride: int) -> str:
     g = st.g
     y = g.op("Conv", [x, g.weight(f"{name}.weight"), g.weight(f"{name}.bias")], name,
@@ -118,7 +112,7 @@ def _whisper_reads(unit: str) -> set[str]:
     return {"hidden", "encoder_hidden"} if unit.endswith("cross_attention") else {"hidden"}
 
 
-WHISPER = Family(whisper_units, _whisper_emit, _whisper_type, _whisper_reads,
+WHISPER = Family(_whisper_emit, _whisper_type, _whisper_reads,
                  frozenset({"input_features", "decoder_input_ids"}), ("hidden", "logits"))
 
 FAMILIES: dict[str, Family] = {"whisper": WHISPER}
