@@ -37,11 +37,11 @@ class Coordinator(RecoveryRules):
         self.weight_mb = {sh.index: sh.weight_mb for sh in cfg.shards}
         self._out: list[c.Command] = []
         self._backoff: set[tuple[int, int]] = set()   # (request, shard) waiting for a retry timer
-        self._ladders: dict[str, tuple[str, ...]] = {}
+        self._ladders: dict[str, tuple[str, ...]] = {}   # failed browser -> its recovery actions, in order
         self._draining = False
         self._hb_armed: set[str] = set()                 # browsers with a detector timer pending
         self._fenced: set[str] = set()                   # incarnations we already killed
-        self._relaunches: dict[str, int] = {}            # spares relaunched per browser (capacity restore)  # failed browser -> its recovery actions, in order
+        self._relaunches: dict[str, int] = {}            # spares relaunched per browser (capacity restore)
         self._now = 0.0
 
     # --- plumbing -----------------------------------------------------------
@@ -215,9 +215,6 @@ class Coordinator(RecoveryRules):
                 self._submit(st.next_request, client, batch, seq)
         finally:
             self._draining = False
-        self._hb_armed: set[str] = set()                 # browsers with a detector timer pending
-        self._fenced: set[str] = set()                   # incarnations we already killed
-        self._relaunches: dict[str, int] = {}            # spares relaunched per browser (capacity restore)
 
     def _on_scheduled(self, o: r.RequestScheduled) -> None:
         self._commit(o)

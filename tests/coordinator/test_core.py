@@ -197,3 +197,34 @@ def test_duplicate_browser_ready_keeps_state_equal_to_fold(fake, cfg_for, rebuil
     drv.run()
     assert drv.coord.st.stale == 1
     assert rebuilt(drv.cfg, drv.coord.log).snapshot() == drv.coord.st.snapshot()
+
+
+def test_drain_keeps_detector_bookkeeping(fake, cfg_for, invariants):
+    """A bounded closed loop drains its remaining requests when a shard is lost for good; the
+    drain must not forget which detector timers are pending: a heartbeat from a READY page
+    with no recovery in progress never re-arms (or otherwise commands) anything."""
+    drv = fake(cfg_for(resolve(L.NONE)), run_ms=lambda b, s: 500.0 if s == 0 else 3000.0)
+    # Request 100 passes shard 0 before the crash and keeps firefox-1 busy for 3 s afterwards;
+    # the client's first request is on shard 0 when chromium-0 dies, fails, and drains the rest.
+    drv.at_rel(0.0, lambda: drv.observe(r.RequestScheduled(drv.now, request_id=100)))
+    drv.at_rel(600.0, lambda: drv.observe(r.ClientsScheduled(drv.now, concurrency=1, total=3)))
+    drv.crash(700.0, B0)
+    noisy: list = []
+    handle = drv.coord.handle
+
+    def watched(obs, now):
+        quiet = (type(obs) is r.HeartbeatReceived and not drv.coord.st.recoveries
+                 and drv.coord.st.browsers[obs.browser].status == "ready")
+        cmds = handle(obs, now)
+        if quiet and cmds:
+            noisy.append((now, obs.browser, cmds))
+        return cmds
+    drv.coord.handle = watched
+    drv.run()
+    invariants(drv.cfg, drv.coord.log)
+    fails = drv.records(r.RequestFailed)
+    assert sorted(x.request_id for x in fails) == [101, 102, 103]           # drained
+    assert drv.outcomes()[100] == "completed"
+    beats_after = [x for x in drv.records(r.HeartbeatReceived) if x.t_ms > fails[-1].t_ms]
+    assert beats_after                                                       # the case is exercised
+    assert noisy == []
