@@ -9,11 +9,15 @@ Rules:
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from coordinator.config import BrowserSlot, CoordinatorConfig, ShardInfo
 from shardtwin.errors import UnknownNameError
 from shardtwin.vocab import PlacementPolicy
+
+if TYPE_CHECKING:
+    from coordinator.state import State
+    from events.schema import Event
 
 Assignment = dict[int, str]     # shard -> browser id
 
@@ -121,3 +125,13 @@ def failover_target(cfg: CoordinatorConfig, ready: list[str], loads: Mapping[str
         return None
     return min(cands, key=lambda b: (0 if slots[b].role == "standby" and loads.get(b, 0) == 0 else 1,
                                      loads.get(b, 0) / max(slots[b].gflops, 1e-9), b))
+
+
+def fault_target(state: State, ev: Event) -> str | None:
+    """The browser a scheduled fault hits: the one the event names, else the one holding the
+    primary of the event's shard now (None: no target). Both drivers aim faults with this."""
+    if ev.browser:
+        return ev.browser
+    if ev.shard is not None:
+        return state.shards[ev.shard].primary
+    return None

@@ -433,3 +433,23 @@ def from_event(ev: Event) -> Record:
         for k, v in json.loads(ev.detail).items():
             kw[k] = _tupled(v)
     return cls(**kw)
+
+
+# --- helpers both drivers share ----------------------------------------------
+
+# Input kinds a driver replays as observations at their scheduled time (FAULT_SCHEDULED is
+# injected instead; SCENARIO_COMPILED is not replayed).
+REPLAYED_KINDS = frozenset({EventKind.CLIENTS_SCHEDULED, EventKind.REQUEST_SCHEDULED, EventKind.WORKLOAD_DEADLINE})
+
+_NOT_FAULT_PARAMS = ("type", "at_ms", "shard", "browser")
+
+
+def retimed(rec: Record, t_ms: float) -> Record:
+    """The same record observed at `t_ms` (an input replayed when its time comes)."""
+    return dataclasses.replace(rec, t_ms=t_ms)
+
+
+def fault_params(details: dict) -> tuple[tuple[str, Any], ...]:
+    """A scheduled fault's details as FaultInjected.params: sorted, without the targeting keys
+    (type, at_ms, shard, browser) and without unset (None) values."""
+    return tuple(sorted((k, v) for k, v in details.items() if k not in _NOT_FAULT_PARAMS and v is not None))

@@ -33,6 +33,7 @@ import numpy as np
 
 from coordinator import commands as c
 from coordinator.core import Coordinator
+from coordinator.placement import fault_target
 from events import records as r
 from events.schema import Event, EventKind
 from real.browsers import BrowserHandle, BrowserPool
@@ -185,15 +186,13 @@ class RealDriver:
 
     def _schedule_inputs(self) -> None:
         self._inputs_scheduled = True
-        t0 = self.now()
-        for ev in self.inputs:
+        for ev in self.inputs:   # input times count from the workload's start, which is now
             delay = max(0.0, ev.t_ms / 1000.0)
             if ev.kind == EventKind.FAULT_SCHEDULED:
                 self._loop.call_later(delay, lambda ev=ev: self._spawn(self._inject(ev)))
-            elif ev.kind in (EventKind.CLIENTS_SCHEDULED, EventKind.REQUEST_SCHEDULED, EventKind.WORKLOAD_DEADLINE):
+            elif ev.kind in r.REPLAYED_KINDS:
                 rec = r.from_event(ev)
-                self._loop.call_later(delay, lambda rec=rec: self.observe(_retime(rec, self.now())))
-        del t0
+                self._loop.call_later(delay, lambda rec=rec: self.observe(r.retimed(rec, self.now())))
 
     # --- browsers ---------------------------------------------------------------------
 
@@ -387,21 +386,13 @@ class RealDriver:
 
     # --- faults -------------------------------------------------------------------------
 
-    def _target(self, ev: Event) -> str | None:
-        if ev.browser:
-            return ev.browser
-        if ev.shard is not None:
-            return self.coord.st.shards[ev.shard].primary
-        return None
-
     async def _inject(self, ev: Event) -> None:
         d = ev.details()
         kind = str(d.get("type"))
-        b = self._target(ev)
+        b = fault_target(self.coord.st, ev)
         st = self.browsers.get(b) if b else None
         live = st is not None and not st.killed and st.handle is not None and not st.handle.exited.is_set()
-        params = tuple(sorted((k, v) for k, v in d.items()
-                              if k not in ("type", "at_ms", "shard", "browser") and v is not None))
+        params = r.fault_params(d)
         self.observe(r.FaultInjected(self.now(), fault=kind, browser=b if live else None, shard=ev.shard,
                                      params=params))
         if not live:
@@ -469,8 +460,3 @@ def _flat(v: Any) -> Any:
         return v
     import json
     return json.dumps(v, sort_keys=True, default=str)
-
-
-def _retime(rec: r.Record, now: float) -> r.Record:
-    import dataclasses
-    return dataclasses.replace(rec, t_ms=now)

@@ -16,8 +16,7 @@ def inject(w: SimWorld, ev: Event) -> None:
     d = ev.details()
     kind = d.get("type")
     page = w.target(ev)
-    params = tuple(sorted((k, v) for k, v in d.items()
-                          if k not in ("type", "at_ms", "shard", "browser") and v is not None))
+    params = r.fault_params(d)
     b = page.id if page is not None and page.alive else None
     w.observe(lambda now: r.FaultInjected(now, fault=str(kind), browser=b, shard=ev.shard, params=params))
     if b is None:

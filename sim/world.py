@@ -24,6 +24,7 @@ import simpy
 
 from coordinator import commands as c
 from coordinator.core import Coordinator
+from coordinator.placement import fault_target
 from events import records as r
 from events.schema import Event, EventKind
 from models.partition import ShardPlan
@@ -141,14 +142,12 @@ class SimWorld:
 
     def _schedule_inputs(self) -> None:
         self._inputs_scheduled = True
-        t0 = self.env.now
-        for ev in self.inputs:
+        for ev in self.inputs:   # input times count from the workload's start, which is now
             if ev.kind == EventKind.FAULT_SCHEDULED:
-                self.at(t0 + ev.t_ms - self.env.now, lambda ev=ev: self.inject(ev))
-            elif ev.kind in (EventKind.CLIENTS_SCHEDULED, EventKind.REQUEST_SCHEDULED, EventKind.WORKLOAD_DEADLINE):
+                self.at(ev.t_ms, lambda ev=ev: self.inject(ev))
+            elif ev.kind in r.REPLAYED_KINDS:
                 rec = r.from_event(ev)
-                self.at(t0 + ev.t_ms - self.env.now,
-                        lambda rec=rec: self.observe(lambda now, rec=rec: _retime(rec, now)))
+                self.at(ev.t_ms, lambda rec=rec: self.observe(lambda now, rec=rec: r.retimed(rec, now)))
         if self.mtbf_s:
             for page in sorted(self.pages.values(), key=lambda p: p.id):
                 self._schedule_random_crash(page.id)
@@ -409,12 +408,8 @@ class SimWorld:
     # --- faults -------------------------------------------------------------------
 
     def target(self, ev: Event) -> Page | None:
-        if ev.browser:
-            return self.pages.get(ev.browser)
-        if ev.shard is not None:
-            primary = self.coord.st.shards[ev.shard].primary
-            return self.pages.get(primary) if primary else None
-        return None
+        b = fault_target(self.coord.st, ev)
+        return self.pages.get(b) if b else None
 
     def inject(self, ev: Event) -> None:
         from sim.faults import inject
@@ -445,8 +440,3 @@ SimWorld._COMMANDS = {
     c.CancelTimer: SimWorld._cancel,
     c.FinishRun: SimWorld._finish,
 }
-
-
-def _retime(rec: r.Record, now: float) -> r.Record:
-    import dataclasses
-    return dataclasses.replace(rec, t_ms=now)
