@@ -23,9 +23,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
+from models.catalogue import get_model
 from models.graph import build_graph, execution_order
 from models.onnx_ops import GraphBuilder
-from models.weights import BERT_FAMILIES, VIT_FAMILIES, num_labels, resolve_arch, vit_tokens
+from models.weights import BERT_FAMILIES, VIT_FAMILIES, num_labels, vit_tokens
 from shardtwin.errors import ModelAssetError, PlanError
 
 CARRIED_SUFFIX = "_in"
@@ -215,7 +216,7 @@ def family_of(arch: Any) -> Family:
 def model_units(model: Any) -> list[str]:
     """The model's units in execution order: the unit graph's order (models/graph.py), the
     naming shared with the partitioner. PlanError for a family with no ONNX graph."""
-    arch = resolve_arch(model)
+    arch = get_model(model)
     family_of(arch)
     return list(execution_order(build_graph(arch)))
 
@@ -243,7 +244,7 @@ def shard_outputs(fam: Family, order: list[str], end: int, env: Mapping[str, str
 def build_shard_model(model_name: Any, units: Sequence[str], weights: Mapping[str, np.ndarray],
                       batch_size: int = 1, seq_len: int = 128, opset: int = 17) -> onnx.ModelProto:
     """The ONNX graph of `units` (contiguous, in model order) with their weights embedded."""
-    arch = resolve_arch(model_name)
+    arch = get_model(model_name)
     fam = family_of(arch)
     order = model_units(arch)
     start = _check_units(arch, order, units)

@@ -21,8 +21,9 @@ from typing import Any, Sequence
 
 import onnx
 
+from models.catalogue import get_model
 from models.onnx_builder import build_shard_model
-from models.weights import load_weights, resolve_arch, weights_source
+from models.weights import load_weights, weights_source
 from shardtwin.errors import ModelAssetError
 
 BUILDER_VERSION = 1
@@ -99,7 +100,7 @@ def _write(path: Path, model: onnx.ModelProto, index: int, units: Sequence[str],
 def export_plan_shards(model_name: Any, shard_units: list[list[str]], out_dir: str | Path,
                        batch_size: int = 1, seq_len: int = 128, seed: int = 0, opset: int = 17) -> list[ShardFile]:
     """Write (or reuse) one .onnx per shard and the manifest; return the shard files in order."""
-    arch = resolve_arch(model_name)
+    arch = get_model(model_name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     source = weights_source(arch, seed)

@@ -18,8 +18,9 @@ import numpy as np
 import onnx
 from scipy.special import erf
 
+from models.catalogue import get_model
 from models.onnx_builder import build_full_model, chain_feeds
-from models.weights import load_weights, resolve_arch
+from models.weights import load_weights
 from shardtwin.errors import ModelAssetError
 
 def session(model: onnx.ModelProto | str | bytes, threads: int = 0):
@@ -151,7 +152,7 @@ def _vit_numpy(a: Any, W: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarr
 
 def numpy_forward(model: Any, weights: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Full forward pass in float64 numpy; returns float32 outputs like the ONNX graph's."""
-    a = resolve_arch(model)
+    a = get_model(model)
     W = {k: np.asarray(v, np.float64) for k, v in weights.items()}
     if a.family in ("bert", "roberta", "distilbert"):
         out = _bert_numpy(a, W, feeds)

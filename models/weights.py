@@ -21,22 +21,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from models.catalogue import get_model
 from shardtwin.errors import ModelAssetError
 
 REAL_MODELS = ("all-MiniLM-L6-v2",)
 BERT_FAMILIES = ("bert", "roberta", "distilbert")
 VIT_FAMILIES = ("vit", "deit")
 LOGIT_SCALE_INIT = float(np.log(1 / 0.07))
-
-
-def resolve_arch(model: Any) -> Any:
-    """The catalogue's ArchConfig for a name or alias; an ArchConfig (or any object with the
-    same fields, e.g. a shrunken test model) passes through unchanged."""
-    if not isinstance(model, str):
-        return model
-    from models.catalogue import get_model
-
-    return get_model(model)
 
 
 def _norm(prefix: str, h: int) -> dict[str, tuple[int, ...]]:
@@ -198,7 +189,7 @@ def real_minilm_weights() -> Weights:
 
     hf = read_safetensors(ensure_minilm() / "model.safetensors")
     tensors = {}
-    for ours, shape in bert_spec(resolve_arch("all-MiniLM-L6-v2")).items():
+    for ours, shape in bert_spec(get_model("all-MiniLM-L6-v2")).items():
         name, transpose = _hf_minilm_name(ours)
         if name not in hf:
             raise ModelAssetError(f"all-MiniLM-L6-v2 safetensors lacks {name!r}")
@@ -211,7 +202,7 @@ def real_minilm_weights() -> Weights:
 
 def load_weights(model_name: Any, seed: int = 0) -> Weights:
     """Real weights for all-MiniLM-L6-v2, seeded synthetic (true shapes) for every other model."""
-    arch = resolve_arch(model_name)
+    arch = get_model(model_name)
     if arch.name in REAL_MODELS:
         return real_minilm_weights()
     return synthetic_weights(arch, seed)
@@ -221,5 +212,5 @@ def weights_source(model_name: Any, seed: int = 0) -> str:
     """The `.source` that load_weights(model_name, seed) will have, without loading anything."""
     from models.fetch_weights import SAFETENSORS_SHA256
 
-    arch = resolve_arch(model_name)
+    arch = get_model(model_name)
     return f"real:{SAFETENSORS_SHA256[:8]}" if arch.name in REAL_MODELS else f"synthetic:seed={seed}"
