@@ -20,7 +20,7 @@ from scipy.special import erf
 
 from models.catalogue import get_model
 from models.onnx_builder import build_full_model, chain_feeds
-from models.weights import load_weights
+from models.weights import BERT_FAMILIES, VIT_FAMILIES, load_weights
 from shardtwin.errors import ModelAssetError
 
 def session(model: onnx.ModelProto | str | bytes, threads: int = 0):
@@ -154,10 +154,11 @@ def numpy_forward(model: Any, weights: Mapping[str, np.ndarray], feeds: Mapping[
     """Full forward pass in float64 numpy; returns float32 outputs like the ONNX graph's."""
     a = get_model(model)
     W = {k: np.asarray(v, np.float64) for k, v in weights.items()}
-    if a.family in ("bert", "roberta", "distilbert"):
+    if a.family in BERT_FAMILIES:
         out = _bert_numpy(a, W, feeds)
-    elif a.family in ("vit", "deit"):
+    elif a.family in VIT_FAMILIES:
         out = _vit_numpy(a, W, feeds)
     else:
-        raise ModelAssetError(f"no numpy reference for family {a.family!r}; known: bert, roberta, distilbert, vit, deit")
+        known = ", ".join(BERT_FAMILIES + VIT_FAMILIES)
+        raise ModelAssetError(f"no numpy reference for family {a.family!r}; known: {known}")
     return {k: v.astype(np.float32) for k, v in out.items()}

@@ -25,7 +25,7 @@ from models.catalogue import get_model
 from shardtwin.errors import ModelAssetError
 
 REAL_MODELS = ("all-MiniLM-L6-v2",)
-BERT_FAMILIES = ("bert", "roberta", "distilbert")
+BERT_FAMILIES = ("bert", "roberta", "distilbert")   # the one list of each (builder, reference)
 VIT_FAMILIES = ("vit", "deit")
 LOGIT_SCALE_INIT = float(np.log(1 / 0.07))
 
@@ -92,7 +92,7 @@ def num_labels(a: Any) -> int:
     return int(getattr(a, "num_labels", None) or 1000)
 
 
-SPECS = {"bert": bert_spec, "roberta": bert_spec, "distilbert": bert_spec, "vit": vit_spec, "deit": vit_spec}
+SPECS = {**{f: bert_spec for f in BERT_FAMILIES}, **{f: vit_spec for f in VIT_FAMILIES}}
 
 
 def weight_spec(arch: Any) -> dict[str, tuple[int, ...]]:
