@@ -39,6 +39,7 @@ class Coordinator(RecoveryRules):
         self._backoff: set[tuple[int, int]] = set()   # (request, shard) waiting for a retry timer
         self._ladders: dict[str, tuple[str, ...]] = {}   # failed browser -> its recovery actions, in order
         self._draining = False
+        self._aborted = False                            # abort() ran: no request may start any more
         self._hb_armed: set[str] = set()                 # browsers with a detector timer pending
         self._fenced: set[str] = set()                   # incarnations we already killed
         self._relaunches: dict[str, int] = {}            # spares relaunched per browser (capacity restore)
@@ -113,6 +114,7 @@ class Coordinator(RecoveryRules):
     def abort(self, now: float, reason: str) -> list[c.Command]:
         """End the run now (time limit, Ctrl-C): every active request fails with `reason`."""
         self._now = now
+        self._aborted = True      # failing a closed-loop client's request must not submit its next one
         for q in sorted(self.st.active):
             self._fail_request(q, reason)
         if not self.st.finished:
@@ -192,7 +194,7 @@ class Coordinator(RecoveryRules):
 
     def _submit_for_client(self, client: int) -> None:
         st = self.st
-        if st.deadline_passed:
+        if st.deadline_passed or self._aborted:
             return
         if self._unavailable():
             self._drain_clients(client)
@@ -309,7 +311,7 @@ class Coordinator(RecoveryRules):
     def _after_request(self, q: int) -> None:
         self._cmd(c.CancelTimer(("req", q)))
         client = self.st.requests[q].client
-        if client is None:
+        if client is None or self._aborted:
             return
         think = self.st.client_params[0]
         if think > 0:

@@ -44,7 +44,9 @@ def plan_for(s: Scenario) -> ShardPlan:
 
 
 def run_scenario(s: Scenario, profile: Profile = DEFAULT_PROFILE, seed: int | None = None,
-                 run_id: str | None = None, history_speed: dict | None = None) -> SimRun:
+                 run_id: str | None = None, history_speed: dict | None = None,
+                 time_limit_ms: float | None = None) -> SimRun:
+    """`time_limit_ms` (default: the world's, one simulated hour) aborts the run when reached."""
     seed = s.seed if seed is None else seed
     plan = plan_for(s)
     cfg = config_for_profile(s, plan, profile, history_speed)
@@ -61,7 +63,8 @@ def run_scenario(s: Scenario, profile: Profile = DEFAULT_PROFILE, seed: int | No
         return got
 
     with _fewer_gc_passes():
-        world = SimWorld(coord, plan, plans, profile, str(s.backend), seed, inputs, mtbf_s=s.mtbf_s)
+        limit = {} if time_limit_ms is None else {"time_limit_ms": time_limit_ms}
+        world = SimWorld(coord, plan, plans, profile, str(s.backend), seed, inputs, mtbf_s=s.mtbf_s, **limit)
         world.run()
         events = (*inputs, *to_events(coord.log, len(inputs)))
     run_id = run_id or f"sim-{uuid.UUID(int=_stable_int(s, seed, profile)).hex[:16]}"

@@ -228,3 +228,17 @@ def test_drain_keeps_detector_bookkeeping(fake, cfg_for, invariants):
     beats_after = [x for x in drv.records(r.HeartbeatReceived) if x.t_ms > fails[-1].t_ms]
     assert beats_after                                                       # the case is exercised
     assert noisy == []
+
+
+@pytest.mark.parametrize("think_ms", [0.0, 40.0])
+def test_abort_fails_in_flight_and_starts_nothing(fake, cfg_for, invariants, think_ms):
+    drv = fake(cfg_for(resolve(L.NONE))).clients(concurrency=3, think_ms=think_ms)
+    out: list = []
+    drv.at_rel(1000.0, lambda: (out.extend(drv.coord.abort(drv.now, "time_limit")), setattr(drv, "done", True)))
+    drv.run()
+    invariants(drv.cfg, drv.coord.log)
+    assert not drv.coord.st.active and drv.coord.finished
+    assert not [cmd for cmd in out if isinstance(cmd, (c.RunShard, c.ArmTimer))]
+    n = len(drv.records(r.RequestSubmitted))
+    assert drv.coord.timer(("client", 0), drv.now + 1.0) == []            # a late client timer submits nothing
+    assert len(drv.records(r.RequestSubmitted)) == n

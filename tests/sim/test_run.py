@@ -12,6 +12,7 @@ import pytest
 
 from coordinator.state import fold, initial_state
 from events.metrics import fault_timeline, seed_result
+from events.records import RequestFailed, RunFinished
 from events.scenario import FaultSpec, Scenario, Workload
 from events.schema import to_arrow
 from sim.profile import DEFAULT_PROFILE
@@ -102,6 +103,21 @@ def test_closed_loop_with_an_unavailable_shard_ends(invariants):
                  faults=(FaultSpec("browser_crash", 100.0, shard=0),))
     run = run_scenario(s)
     invariants(run, s)
+
+
+@pytest.mark.parametrize("limit_ms", [2000.0, 3000.0, 5000.0])
+def test_time_limit_abort_ends_every_request_exactly_once(invariants, records_of, limit_ms):
+    """Aborting a closed loop fails what is in flight and submits nothing new: a failed
+    request's client must not start its next request in the middle of the abort."""
+    s = Scenario("all-MiniLM-L6-v2", shards=3, fault_tolerance_level="medium", seed=3,
+                 workload=Workload(kind="closed_loop", concurrency=3, duration_s=30.0))
+    run = run_scenario(s, time_limit_ms=limit_ms)
+    invariants(run, s)
+    finished = [x for x in records_of(run, s) if isinstance(x, RunFinished)]
+    assert [(x.t_ms, x.reason) for x in finished] == [(limit_ms, "time_limit")]
+    assert not run.coordinator.st.active
+    aborted = [x for x in records_of(run, s) if isinstance(x, RequestFailed) and x.reason == "time_limit"]
+    assert len(aborted) == 3                                  # one in flight per client
 
 
 def _crash_run(level: str):
