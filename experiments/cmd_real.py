@@ -93,13 +93,16 @@ def remote_options(args: argparse.Namespace, scenario, named: tuple[int, ...] = 
 
 def real_and_store(scenario, db: str, headed=False, launcher="auto", timeout_s=600.0, remote=None,
                    profile=None) -> dict:
+    """`profile` configures the run's placement as the simulator's (None: sim.profile.DEFAULT_PROFILE)."""
     from real.run import run_real
+    from sim.profile import DEFAULT_PROFILE
     with open_store(db) as store:
         run_id = store.begin_run("real", scenario, "real", scenario.seed, host_info())
         holder: dict = {}
         try:
             run = run_real(scenario, run_id=run_id, headed=headed, launcher=launcher, timeout_s=timeout_s,
-                           on_log=lambda log: holder.setdefault("log", log), remote=remote, profile=profile)
+                           on_log=lambda log: holder.setdefault("log", log), remote=remote,
+                           profile=profile if profile is not None else DEFAULT_PROFILE)
         except BaseException:
             if "log" in holder:
                 store.abort_run(run_id, holder["log"], reason="interrupted or failed")
@@ -160,6 +163,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from events.scenario import parse_scenario
     from models.reference import reference_embedding
     from real.run import run_real
+    from sim.profile import DEFAULT_PROFILE
     named = split_remote_browsers(args)
     browsers = [b.strip() for b in args.browsers.split(",") if b.strip()]
     scenario = parse_scenario({
@@ -169,7 +173,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from real import shards as shards_mod
     shards_mod.SENTENCES_OVERRIDE = tuple(args.text)
     run = run_real(scenario, headed=args.headed, launcher=args.launcher, timeout_s=args.timeout,
-                   remote=remote_options(args, scenario, named))
+                   remote=remote_options(args, scenario, named), profile=DEFAULT_PROFILE)
     ref = reference_embedding(list(args.text), args.model, seq_len=args.seq_len)
     out = []
     used = _backends_used(run, args.backend)

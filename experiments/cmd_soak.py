@@ -217,6 +217,7 @@ def _run_soak(s: Scenario, db: str, sample_every: float, launcher: str, timeout_
     from events.metrics import seed_result
     from events.store import Store, host_info
     from real.run import run_real
+    from sim.profile import DEFAULT_PROFILE
 
     sampler = Sampler(sample_every, browsers.MARKER_PREFIX)
 
@@ -230,7 +231,7 @@ def _run_soak(s: Scenario, db: str, sample_every: float, launcher: str, timeout_
         try:
             run = run_real(s, run_id=run_id, launcher=launcher, on_coordinator=sampler.attach, on_server=on_server,
                            timeout_s=timeout_s or s.workload.duration_s + 300.0,
-                           on_log=lambda log: holder.setdefault("log", log))
+                           on_log=lambda log: holder.setdefault("log", log), profile=DEFAULT_PROFILE)
         except BaseException:
             sampler.stop.set()
             store.abort_run(run_id, holder.get("log", ()), reason="interrupted or failed")

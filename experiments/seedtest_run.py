@@ -187,6 +187,7 @@ def real_takes_history() -> bool:
 def run_real_browsers(store: Store, s: Scenario, history_speed: dict | None, progress: bool, label: str,
                       timeout_s: float, launcher: str = "auto", headed: bool = False) -> dict[str, Any]:
     from real.run import run_real
+    from sim.profile import DEFAULT_PROFILE
     kwargs: dict[str, Any] = {}
     if history_speed:
         kwargs["history_speed"] = history_speed      # cmd_test checked real_takes_history()
@@ -197,7 +198,7 @@ def run_real_browsers(store: Store, s: Scenario, history_speed: dict | None, pro
         with prog:
             run = run_real(s, run_id=run_id, headed=headed, launcher=launcher, timeout_s=timeout_s,
                            on_log=lambda log: holder.setdefault("log", log),
-                           on_coordinator=lambda c: setattr(prog, "coord", c), **kwargs)
+                           on_coordinator=lambda c: setattr(prog, "coord", c), profile=DEFAULT_PROFILE, **kwargs)
     except BaseException:
         store.abort_run(run_id, holder.get("log", ()), reason="interrupted or failed")
         raise

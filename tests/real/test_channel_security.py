@@ -159,6 +159,7 @@ def test_real_run_completes_correctly_under_a_burst_of_hostile_frames(need, monk
     need("chromium")
     need("firefox")
     from real.run import run_real
+    from sim.profile import DEFAULT_PROFILE
     monkeypatch.setattr(driver_mod, "WorkerServer", functools.partial(WorkerServer, max_msg_bytes=MAX_MSG))
     s = parse_scenario({"model": "all-MiniLM-L6-v2", "shards": 2, "browsers": ["chromium", "firefox"],
                         "fault_tolerance_level": "medium",
@@ -183,7 +184,7 @@ def test_real_run_completes_correctly_under_a_burst_of_hostile_frames(need, monk
 
     t = threading.Thread(target=attacker, daemon=True)
     t.start()
-    run = run_real(s, timeout_s=240, on_coordinator=lambda c: holder.setdefault("coord", c),
+    run = run_real(s, profile=DEFAULT_PROFILE, timeout_s=240, on_coordinator=lambda c: holder.setdefault("coord", c),
                    on_server=lambda srv: holder.setdefault("server", srv))
     t.join(30)
     assert "error" not in report, report

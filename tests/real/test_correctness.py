@@ -44,6 +44,7 @@ import pytest
 from events.scenario import parse_scenario
 from events.schema import EventKind as K
 from real.run import run_real
+from sim.profile import DEFAULT_PROFILE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SEQ = 32
@@ -124,7 +125,7 @@ def test_sharded_embedding_equals_the_unsharded_reference(shard_type, backend, m
     s = parse_scenario({"model": MODEL, "shards": SHARD_COUNT[shard_type], "shard_type": shard_type,
                         "browsers": MIXES[mix], "backend": backend, "fault_tolerance_level": "none", "tolerance": LOOSE,
                         "workload": {"kind": "iterations", "iterations": 2, "seq_len": SEQ}})
-    run = run_real(s, timeout_s=240)
+    run = run_real(s, profile=DEFAULT_PROFILE, timeout_s=240)
     _all_completed(run)
     if shard_type == "attention_feedforward":   # the cut really separates a layer's attention and FFN
         assert any(sh.units[-1].endswith(".attention") for sh in run.plan.shards[:-1]), run.plan.shards
@@ -155,7 +156,7 @@ def test_vit_two_layer_shards_match_local_onnxruntime_and_the_full_graph(mix, ne
     s = parse_scenario({"model": model, "shards": 2, "shard_type": "layer", "browsers": MIXES[mix],
                         "backend": "wasm", "fault_tolerance_level": "none", "tolerance": LOOSE,
                         "workload": {"kind": "iterations", "iterations": 2, "seq_len": SEQ}})
-    run = run_real(s, timeout_s=300)
+    run = run_real(s, profile=DEFAULT_PROFILE, timeout_s=300)
     _all_completed(run)
     assert run.shards.weights.startswith("synthetic")
     full = session(build_full_model(model, load_weights(model, s.seed), 1, SEQ))

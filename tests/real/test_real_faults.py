@@ -30,6 +30,7 @@ from events.scenario import parse_scenario
 from events.schema import EventKind as K
 from real.driver import PRESSURE_MB
 from real.run import run_real
+from sim.profile import DEFAULT_PROFILE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SEQ = 32
@@ -88,7 +89,7 @@ def _injected(run, fault):
 def test_memory_pressure_really_allocates_and_the_run_survives():
     s = _scenario([{"type": "memory_pressure", "at_ms": 800.0, "browser": "firefox", "level": "medium"}],
                   rate=4.0, duration_s=4.0)
-    run = run_real(s, timeout_s=240)
+    run = run_real(s, profile=DEFAULT_PROFILE, timeout_s=240)
     inj = _injected(run, "memory_pressure")
     mb = PRESSURE_MB["medium"]
     samples = [(e.t_ms, e.value) for e in run.log.events if e.kind == K.MEMORY_SAMPLED and e.browser == inj.browser]
@@ -108,7 +109,7 @@ def test_memory_pressure_really_allocates_and_the_run_survives():
 
 def test_shard_error_is_retried_and_the_output_stays_correct():
     s = _scenario([{"type": "shard_error", "at_ms": 300.0, "shard": 1}])
-    run = run_real(s, timeout_s=240)
+    run = run_real(s, profile=DEFAULT_PROFILE, timeout_s=240)
     inj = _injected(run, "shard_error")
     failed = [e for e in run.log.events if e.kind == K.SHARD_FAILED and e.shard == 1 and e.t_ms >= inj.t_ms]
     assert failed and failed[0].details()["reason"] == "shard_error", _summary(run)
@@ -132,7 +133,7 @@ def test_slow_multiplies_that_browsers_compute_time(kind, mechanism, monkeypatch
         used.append("cdp")
     monkeypatch.setattr(browsers.BrowserHandle, "set_cpu_throttle", spy)
     s = _scenario([{"type": "slow", "at_ms": 4000.0, "browser": kind, "factor": factor}], rate=4.0, duration_s=7.0)
-    run = run_real(s, timeout_s=240)
+    run = run_real(s, profile=DEFAULT_PROFILE, timeout_s=240)
     inj = _injected(run, "slow")
     assert (used == ["cdp"]) == (mechanism == "cdp"), used
     mine = [(e.t_ms, e.value) for e in run.log.events if e.kind == K.SHARD_COMPLETED and e.browser == inj.browser]
@@ -154,7 +155,7 @@ def test_slow_multiplies_that_browsers_compute_time(kind, mechanism, monkeypatch
 def test_cascade_every_request_completes_or_fails_with_a_reason():
     s = _scenario([{"type": "cascade", "at_ms": 500.0, "shard": 1, "interval_ms": 1500.0}], shards=3,
                   rate=4.0, duration_s=4.0)
-    run = run_real(s, timeout_s=240)
+    run = run_real(s, profile=DEFAULT_PROFILE, timeout_s=240)
     crashes = [e for e in run.log.events if e.kind == K.FAULT_INJECTED and e.details()["fault"] == "browser_crash"]
     assert len(crashes) == 2 and [c.shard for c in crashes] == [1, 2], _summary(run)
     assert crashes[1].t_ms - crashes[0].t_ms == pytest.approx(1500.0, abs=300.0)

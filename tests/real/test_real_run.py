@@ -20,6 +20,7 @@ import real.browsers as browsers
 from events.scenario import parse_scenario
 from events.schema import EventKind as K
 from real.run import run_real
+from sim.profile import DEFAULT_PROFILE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SEQ = 32
@@ -69,7 +70,8 @@ def _recovered(run, cause=None, action=None):
 
 
 def test_browser_crash_is_recovered_and_outputs_stay_correct():
-    run = run_real(_scenario([{"type": "browser_crash", "at_ms": 300.0, "browser": "firefox"}]), timeout_s=240)
+    run = run_real(_scenario([{"type": "browser_crash", "at_ms": 300.0, "browser": "firefox"}]),
+                   profile=DEFAULT_PROFILE, timeout_s=240)
     assert run.aborted is None
     _recovered(run, cause="exited", action="failover")
     _assert_all_completed_and_correct(run)
@@ -79,7 +81,7 @@ def test_browser_crash_is_recovered_and_outputs_stay_correct():
 def test_hang_is_detected_by_the_heartbeat_timeout():
     s = _scenario([{"type": "hang", "at_ms": 300.0, "browser": "firefox", "duration_ms": 20000.0}],
                   detector_timeout_ms=2500.0)
-    run = run_real(s, timeout_s=240)
+    run = run_real(s, profile=DEFAULT_PROFILE, timeout_s=240)
     _recovered(run, cause="heartbeat_timeout")
     suspected = [e for e in run.log.events if e.kind == K.FAILURE_SUSPECTED and e.browser == "firefox-1"]
     assert suspected and suspected[0].details()["silence_ms"] >= 2500.0
@@ -91,7 +93,7 @@ def test_disconnect_then_reconnect_resumes_on_the_same_browser():
                   level="low")
     s = parse_scenario({**__import__("events.scenario", fromlist=["scenario_to_dict"]).scenario_to_dict(s),
                         "recovery_strategy": "reconnect"})
-    run = run_real(s, timeout_s=240)
+    run = run_real(s, profile=DEFAULT_PROFILE, timeout_s=240)
     assert K.CONNECTION_RESTORED in _kinds(run), _summary(run)
     _recovered(run, cause="connection_closed", action="reconnect")
     _assert_all_completed_and_correct(run)
@@ -116,7 +118,8 @@ def test_browser_killed_from_outside_is_detected_and_recovered():
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    run = run_real(_scenario([]), timeout_s=240, on_coordinator=lambda c: holder.setdefault("coord", c))
+    run = run_real(_scenario([]), profile=DEFAULT_PROFILE, timeout_s=240,
+                   on_coordinator=lambda c: holder.setdefault("coord", c))
     t.join(5)
     assert "killed" in holder
     assert not [e for e in run.log.events if e.kind == K.FAULT_INJECTED]

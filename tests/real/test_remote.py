@@ -44,6 +44,7 @@ from events.scenario import parse_scenario
 from events.schema import EventKind as K
 from real.remote import FENCE_CODE, RemoteOptions, split_browser_spec, last_slots, bind_warning
 from real.run import run_real
+from sim.profile import DEFAULT_PROFILE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SEQ = 32
@@ -158,7 +159,7 @@ def test_remote_slot_joins_crashes_in_page_recovers_and_rejoins(second_host, str
     s = _scenario([{"type": "browser_crash", "at_ms": 1500.0, "browser": "chromium-1"}], iterations=30,
                   strategy=strategy)
     t0 = time.monotonic()
-    run = run_real(s, timeout_s=300,
+    run = run_real(s, profile=DEFAULT_PROFILE, timeout_s=300,
                    remote=RemoteOptions(remote_slots=(1,), join_timeout_s=60, on_join=on_join, announce=False))
     wall = time.monotonic() - t0
     ev = run.log.events
@@ -195,7 +196,7 @@ def test_remote_slot_joins_crashes_in_page_recovers_and_rejoins(second_host, str
 
 def test_remote_slot_that_nobody_opens_times_out():
     s = _scenario(iterations=1)
-    run = run_real(s, timeout_s=120,
+    run = run_real(s, profile=DEFAULT_PROFILE, timeout_s=120,
                    remote=RemoteOptions(remote_slots=(1,), join_timeout_s=3, announce=False))
     exits = [e.details()["reason"] for e in run.log.events if e.kind == K.BROWSER_CRASHED and e.browser == "chromium-1"]
     assert exits and exits[0] == "remote did not join within 3 s", [(str(e.kind), e.browser, e.detail)
@@ -251,9 +252,9 @@ def test_join_over_a_non_loopback_address_has_no_webgpu_and_falls_back_to_wasm(s
     if addr is None:
         pytest.skip("this host has no non-loopback IPv4 address to bind")
     s = _scenario(iterations=2, backend="webgpu")
-    run = run_real(s, timeout_s=300, remote=RemoteOptions(bind=addr, remote_slots=(1,), join_timeout_s=60,
-                                                          on_join=lambda e: second_host.open(e["url"]),
-                                                          announce=False))
+    run = run_real(s, profile=DEFAULT_PROFILE, timeout_s=300,
+                   remote=RemoteOptions(bind=addr, remote_slots=(1,), join_timeout_s=60,
+                                        on_join=lambda e: second_host.open(e["url"]), announce=False))
     assert second_host.opened[0].startswith(f"http://{addr}:")
     ready = {e.browser: dict(e.details()["capabilities"]) for e in run.log.events if e.kind == K.BROWSER_READY}
     assert ready["chromium-1"]["cross_origin_isolated"] is False
@@ -336,7 +337,8 @@ def test_run_through_playwright_endpoint_with_crash(tmp_path):
     with playwright_server(tmp_path) as (endpoint, proc):
         s = _scenario([{"type": "browser_crash", "at_ms": 1500.0, "browser": "chromium-1"}], iterations=30)
         t0 = time.monotonic()
-        run = run_real(s, timeout_s=300, remote=RemoteOptions(playwright_endpoint=endpoint, announce=False))
+        run = run_real(s, profile=DEFAULT_PROFILE, timeout_s=300,
+                       remote=RemoteOptions(playwright_endpoint=endpoint, announce=False))
         wall = time.monotonic() - t0
         ev = run.log.events
         summary = [(round(e.t_ms), str(e.kind), e.browser, None if e.kind == K.BROWSER_READY else e.detail)
