@@ -33,11 +33,10 @@ import networkx as nx
 import numpy as np
 
 from models.catalogue import ArchConfig, get_model
+from models.cost import F32, OP_CLASSES
 from models.graph import Unit, build_graph, effective_seq_len, units as graph_units
 from shardtwin.errors import PlanError
 from shardtwin.vocab import ModelType, ShardType, parse
-
-CLASSES = ("matmul", "attention", "elementwise", "conv")
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +259,7 @@ def _hints(a: ArchConfig, shard: list[Unit], n: int, is_sink: bool) -> tuple[str
 def _spec(index: int, shard: list[Unit], ctx: dict[str, Any]) -> ShardSpec:
     g, owner, batch, seq = ctx["graph"], ctx["owner"], ctx["batch"], ctx["seq"]
     names = {u.name for u in shard}
-    flops = {c: 0.0 for c in CLASSES}
+    flops = {c: 0.0 for c in OP_CLASSES}
     for u in shard:
         for c, v in u.flops(batch, seq).items():
             flops[c] += v
@@ -276,11 +275,11 @@ def _spec(index: int, shard: list[Unit], ctx: dict[str, Any]) -> ShardSpec:
     spec, role, modality = _hints(ctx["arch"], shard, ctx["n"], is_sink)
     return ShardSpec(
         index=index, name=ctx["names"][index], units=tuple(u.name for u in shard), params=params,
-        weight_bytes=params * 4, weight_mb=params * 4 / 1e6, gflops=sum(flops.values()) / 1e9,
+        weight_bytes=params * F32, weight_mb=params * F32 / 1e6, gflops=sum(flops.values()) / 1e9,
         flops_by_class=flops, input_bytes=in_bytes, output_bytes=sum(u.output_bytes(batch, seq) for u in exits),
         deps=tuple(sorted({owner[p] for p in producers})), specialization=spec, role=role,
         modality=modality, components=tuple(dict.fromkeys(u.component for u in shard)),
-        tied_weight_bytes=sum(tied.values()) * 4,
+        tied_weight_bytes=sum(tied.values()) * F32,
         peak_activation_bytes=max(u.peak_activation_bytes(batch, seq) for u in shard))
 
 
