@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from events.store import host_info
+from events.store import Store
 from experiments.flags import add_scenario_flags, scenario_from_args
-from experiments.runner import add_output_flags, emit_result, open_store
+from experiments.runner import add_output_flags, emit_result, run_sim_stored
 from sim.profile import load_profile
-from sim.run import run_scenario, sim_result
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,17 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def simulate_and_store(scenario, profile, db: str, seed: int | None = None) -> dict:
     """Run in the simulator, store the run (one transaction), return the result JSON.
     `seed`: the simulator's seed instead of the scenario's (same scenario, another sample)."""
-    seed = scenario.seed if seed is None else seed
-    with open_store(db) as store:
-        run_id = store.begin_run("sim", scenario, profile.name, seed, host_info())
-        try:
-            run = run_scenario(scenario, profile, seed=seed, run_id=run_id)
-        except BaseException:
-            store.abort_run(run_id, reason="simulation error")
-            raise
-        res = sim_result(run, scenario, profile)
-        store.finish_run(run_id, run.log, res)
-    return res
+    with Store(db) as store:
+        stored = run_sim_stored(store, scenario, profile, seed=seed)
+        stored.finish()
+    return stored.result
 
 
 def cmd_sim(args: argparse.Namespace) -> int:

@@ -12,11 +12,49 @@ import json
 import os
 import sys
 import tempfile
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from events.store import DEFAULT_DB_PATH, Store
+from events.store import DEFAULT_DB_PATH, Store, host_info
 from shardtwin.errors import InputError
+
+
+@dataclass
+class StoredRun:
+    """A run registered in a store and executed but not yet written: `finish` writes it."""
+    store: Store
+    run_id: str
+    run: Any                  # sim.run.SimRun or real.run.RealRun
+    result: dict[str, Any]
+
+    def finish(self, result: dict[str, Any] | None = None) -> None:
+        """Write the run's events with `result` (default: self.result) as finished, or as
+        aborted with the executor's reason when the run says it was aborted."""
+        aborted = getattr(self.run, "aborted", None)
+        if aborted:
+            self.store.abort_run(self.run_id, self.run.log, reason=aborted)
+        else:
+            self.store.finish_run(self.run_id, self.run.log, self.result if result is None else result)
+
+
+def run_sim_stored(store: Store, scenario, profile, seed: int | None = None,
+                   history_speed: dict | None = None,
+                   around: AbstractContextManager | None = None) -> StoredRun:
+    """Register a sim run in `store`, simulate it (inside `around`, e.g. a progress printer)
+    and compute its result; a failure marks the run aborted. `seed`: the simulator's seed
+    instead of the scenario's. The caller writes it with `.finish()`."""
+    from sim.run import run_scenario, sim_result
+    seed = scenario.seed if seed is None else seed
+    run_id = store.begin_run("sim", scenario, profile.name, seed, host_info())
+    try:
+        with around or nullcontext():
+            run = run_scenario(scenario, profile, seed=seed, run_id=run_id, history_speed=history_speed)
+    except BaseException:
+        store.abort_run(run_id, reason="simulation error")
+        raise
+    return StoredRun(store, run_id, run, sim_result(run, scenario, profile))
 
 
 def add_output_flags(p) -> None:
