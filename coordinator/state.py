@@ -39,7 +39,6 @@ class BrowserState:
     beats: int = 0                                         # heartbeats since ready
     load_since_beat: bool = False                          # a shard load overlapped the current gap
     gaps: list[float] = field(default_factory=list)       # recent heartbeat gaps (phi-accrual window)
-    running: int = 0                                       # shard runs dispatched, not yet answered
 
 
 @dataclass(slots=True)
@@ -71,7 +70,6 @@ class RecoveryState:
     action: str = ""
     target: str | None = None
     attempt: int = 0
-    actions: list[str] = field(default_factory=list)
     request_id: int | None = None
 
 
@@ -130,7 +128,6 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
             rq = st.requests[q]
             rq.running[s] = (b, a)
             rq.attempts[s] = a
-            st.browsers[b].running += 1
         case r.ShardCompleted(request_id=q, shard=s, browser=b, attempt=a):
             rq = st.requests.get(q)
             _seen(st.browsers[b], rec.t_ms)
@@ -139,12 +136,11 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
             else:
                 del rq.running[s]
                 rq.done.add(s)
-                _one_less(st.browsers[b])
         case r.BrowserLaunchRequested(browser=b, incarnation=inc):
             bs = st.browsers[b]
             bs.status, bs.incarnation, bs.last_heartbeat, bs.last_seen = LAUNCHING, inc, None, None
             bs.beats, bs.load_since_beat = 0, False
-            bs.loaded.clear(); bs.loading.clear(); bs.gaps.clear(); bs.running = 0
+            bs.loaded.clear(); bs.loading.clear(); bs.gaps.clear()
         case r.BrowserReady(browser=b, t_ms=t):
             bs = st.browsers[b]
             if bs.status == LAUNCHING:
@@ -163,7 +159,6 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
             bs = st.browsers[b]
             if bs.status == READY:
                 bs.status = DISCONNECTED
-                bs.running = 0
         case r.ConnectionRestored(browser=b, loaded=loaded, t_ms=t):
             bs = st.browsers[b]
             if bs.status in (DISCONNECTED, FAILED):
@@ -171,10 +166,8 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
                 bs.loaded = set(loaded)   # what the page reports it still holds
         case r.FailureDetected(browser=b, cause=cause):
             bs = st.browsers[b]
-            if cause != "shard_error":
-                if bs.status not in (DEAD, CLOSED):
-                    bs.status = FAILED
-                bs.running = 0
+            if cause != "shard_error" and bs.status not in (DEAD, CLOSED):
+                bs.status = FAILED
         case r.ShardPlaced(shard=s, browser=b, role=role):
             sh = st.shards[s]
             if role == "primary":
@@ -217,7 +210,6 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
                 st.stale += 1
             else:
                 del rq.running[s]
-                _one_less(st.browsers[b])
                 if why != "browser_failed":
                     rq.errors[s] = rq.errors.get(s, 0) + 1
         case r.RequestCompleted(request_id=q):
@@ -233,7 +225,6 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
             if rec_ is None:
                 rec_ = st.recoveries[key] = RecoveryState(b, strat, t, tuple(shs), request_id=q)
             rec_.action, rec_.target, rec_.attempt = act, tgt, a
-            rec_.actions.append(act)
             for s in shs:
                 if st.shards[s].status != SERVING:
                     st.shards[s].status = RECOVERING
@@ -261,12 +252,6 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
 def _lose_browser(bs: BrowserState, status: str) -> None:
     bs.status = status
     bs.loaded.clear(); bs.loading.clear()
-    bs.running = 0
-
-
-def _one_less(bs: BrowserState) -> None:
-    if bs.running > 0:
-        bs.running -= 1
 
 
 def _heartbeat(bs: BrowserState, t: float) -> None:
