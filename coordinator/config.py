@@ -42,16 +42,10 @@ class CoordinatorConfig:
     model_type: str = "text"
     history_speed: Mapping[str, float] = field(default_factory=dict)   # browser kind -> measured GFLOPS
 
-    def successors(self) -> dict[int, tuple[int, ...]]:
-        out: dict[int, list[int]] = {s.index: [] for s in self.shards}
-        for s in self.shards:
-            for d in s.deps:
-                out[d].append(s.index)
-        return {k: tuple(v) for k, v in out.items()}
-
     def sinks(self) -> tuple[int, ...]:
-        succ = self.successors()
-        return tuple(i for i, v in succ.items() if not v)
+        """Shards no other shard depends on: a request is complete when they are all done."""
+        needed = {d for s in self.shards for d in s.deps}
+        return tuple(s.index for s in self.shards if s.index not in needed)
 
 
 def config_for_profile(scenario, plan, profile, history_speed: Mapping[str, float] | None = None
@@ -64,20 +58,20 @@ def config_for_profile(scenario, plan, profile, history_speed: Mapping[str, floa
                         history_speed=history_speed)
 
 
-def build_config(scenario, plan, speed_of=None, memory_mb: float = 4096.0,
+def build_config(scenario, plan, *, speed_of, memory_mb: float,
                  history_speed: Mapping[str, float] | None = None) -> CoordinatorConfig:
-    """Config for `scenario` split by `plan`; speed_of(kind, backend) -> GFLOPS (default 1)."""
+    """Config for `scenario` split by `plan`; speed_of(kind, backend) -> GFLOPS."""
     settings: Settings = resolve(scenario.fault_tolerance_level, scenario.recovery_strategy, scenario.tolerance)
     kinds = list(scenario.browser_list())
     slots: list[BrowserSlot] = []
     for i, k in enumerate(kinds):
         slots.append(BrowserSlot(f"{k}-{i}", Browser(k), "worker",
-                                 speed_of(k, scenario.backend) if speed_of else 1.0, memory_mb))
+                                 speed_of(k, scenario.backend), memory_mb))
     for j in range(settings.standby_browsers):
         k = kinds[j % len(kinds)]
         idx = len(kinds) + j
         slots.append(BrowserSlot(f"{k}-{idx}", Browser(k), "standby",
-                                 speed_of(k, scenario.backend) if speed_of else 1.0, memory_mb))
+                                 speed_of(k, scenario.backend), memory_mb))
     shards = tuple(ShardInfo(s.index, s.name, tuple(s.deps), float(s.weight_mb), float(s.gflops),
                              getattr(s, "specialization", "") or "") for s in plan.shards)
     return CoordinatorConfig(shards, tuple(slots), settings, scenario.placement,

@@ -31,9 +31,7 @@ class Coordinator(RecoveryRules):
         self.st: State = initial_state(cfg)
         self.log: list[r.Record] = []
         self.deps = {sh.index: sh.deps for sh in cfg.shards}
-        self.succ = cfg.successors()
         self.sinks = frozenset(cfg.sinks())
-        self.sources = tuple(i for i, d in self.deps.items() if not d)
         self.weight_mb = {sh.index: sh.weight_mb for sh in cfg.shards}
         self._out: list[c.Command] = []
         self._backoff: set[tuple[int, int]] = set()   # (request, shard) waiting for a retry timer
@@ -222,9 +220,6 @@ class Coordinator(RecoveryRules):
         self._commit(o)
         self._submit(o.request_id, None, o.batch_size, o.seq_len)
 
-    def _on_deadline(self, o: r.WorkloadDeadline) -> None:
-        self._commit(o)
-
     def _submit(self, q: int, client: int | None, batch: int, seq: int) -> None:
         self._commit(r.RequestSubmitted(self._now, request_id=q, client=client, batch_size=batch, seq_len=seq))
         self._cmd(c.ArmTimer(("req", q), self._now + self.s.request_timeout_ms))
@@ -328,7 +323,6 @@ class Coordinator(RecoveryRules):
         r.ShardLoaded: _on_shard_loaded,
         r.ClientsScheduled: _on_clients,
         r.RequestScheduled: _on_scheduled,
-        r.WorkloadDeadline: _on_deadline,
         r.ShardCompleted: _on_shard_completed,
         r.ShardFailed: _on_shard_failed,
         r.BrowserExited: RecoveryRules._on_exited,
