@@ -151,10 +151,15 @@ def _bert(a: ArchConfig) -> nx.DiGraph:
     return b.done()
 
 
+def vit_tokens(a: ArchConfig) -> int:
+    """Positions of a ViT/DeiT (or CLIP vision tower): patches + [CLS] (+ DeiT's distillation token)."""
+    return (a.image_size // a.patch_size) ** 2 + (2 if a.family == "deit" else 1)
+
+
 def _vit(a: ArchConfig) -> nx.DiGraph:
     b, d = _Builder(a), a.hidden_size
     extra = 2 if a.family == "deit" else 1
-    S = (a.image_size // a.patch_size) ** 2 + extra
+    S = vit_tokens(a)
     emb = a.num_channels * a.patch_size ** 2 * d + d + extra * d + S * d
     b.add("embeddings", "embeddings", "embeddings", emb, Formula.PATCH_EMBED, d=d, channels=a.num_channels,
           patch=a.patch_size, image=a.image_size, bias=1, norm="none", positions=S, modality="vision",
@@ -230,7 +235,7 @@ def _clip_tower(b: _Builder, t: ArchConfig, side: str, proj: int) -> str:
     d = t.hidden_size
     comp = f"{side}_tower"
     if side == "vision":
-        S = (t.image_size // t.patch_size) ** 2 + 1
+        S = vit_tokens(t)
         emb = t.num_channels * t.patch_size ** 2 * d + d + S * d + 2 * d      # + pre_layrnorm
         b.add("vision.embeddings", "embeddings", comp, emb, Formula.PATCH_EMBED, after=None, d=d,
               channels=t.num_channels, patch=t.patch_size, image=t.image_size, bias=0, norm="ln",

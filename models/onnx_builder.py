@@ -24,9 +24,9 @@ import numpy as np
 import onnx
 
 from models.catalogue import get_model
-from models.graph import build_graph, execution_order
+from models.graph import build_graph, execution_order, vit_tokens
 from models.onnx_ops import GraphBuilder
-from models.weights import BERT_FAMILIES, VIT_FAMILIES, num_labels, vit_tokens
+from models.weights import BERT_FAMILIES, VIT_FAMILIES, num_labels
 from shardtwin.errors import ModelAssetError, PlanError
 
 CARRIED_SUFFIX = "_in"

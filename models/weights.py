@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from models.catalogue import get_model
+from models.graph import vit_tokens
 from shardtwin.errors import ModelAssetError
 
 REAL_MODELS = ("all-MiniLM-L6-v2",)
@@ -68,11 +69,6 @@ def bert_spec(a: Any) -> dict[str, tuple[int, ...]]:
     spec |= _norm("embeddings.norm", h)
     spec |= _layers("encoder", a.num_layers, h, a.intermediate_size, False)
     return spec | _linear("pooler.dense", h, h)
-
-
-def vit_tokens(a: Any) -> int:
-    """Sequence length of a ViT/DeiT: patches + [CLS] (+ distillation token for DeiT)."""
-    return (a.image_size // a.patch_size) ** 2 + (2 if a.family == "deit" else 1)
 
 
 def vit_spec(a: Any) -> dict[str, tuple[int, ...]]:
