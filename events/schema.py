@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 import pyarrow as pa
 
@@ -139,10 +139,6 @@ class EventLog:
     source: Source
     events: tuple[Event, ...] = field(default_factory=tuple)
 
-    def of_kind(self, *kinds: EventKind) -> list[Event]:
-        wanted = set(kinds)
-        return [e for e in self.events if e.kind in wanted]
-
 
 def to_arrow(log: EventLog) -> pa.Table:
     ev = log.events
@@ -186,6 +182,3 @@ def numbered(events: Iterable[Event], start: int = 0) -> tuple[Event, ...]:
     """Give events consecutive seq numbers in the given order."""
     return tuple(e.with_seq(start + i) for i, e in enumerate(events))
 
-
-def detail_of(e: Event) -> Mapping[str, Any]:
-    return e.details()
