@@ -20,7 +20,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.detector import suspicion_delay
 from coordinator.placement import place, replica_targets
 from coordinator.recovery import RecoveryRules
-from coordinator.state import READY, SERVING, UNAVAILABLE, State, apply, initial_state
+from coordinator.state import LAUNCHING, READY, SERVING, UNAVAILABLE, State, apply, initial_state
 from events import records as r
 
 
@@ -142,11 +142,15 @@ class Coordinator(RecoveryRules):
             return
         bs = self.st.browsers[b]
         last = bs.last_heartbeat if bs.last_heartbeat is not None else self._now
+        self._arm_detector(b, last + suspicion_delay(bs.gaps, self.s))
+
+    def _arm_detector(self, b: str, at: float) -> None:
+        """(Re)arm b's detector timer and remember it is pending (the heartbeat fast path relies on it)."""
         self._hb_armed.add(b)
-        self._cmd(c.ArmTimer(("hb", b), last + suspicion_delay(bs.gaps, self.s)))
+        self._cmd(c.ArmTimer(("hb", b), at))
 
     def _on_browser_ready(self, o: r.BrowserReady) -> None:
-        if self.st.browsers[o.browser].status != "launching":
+        if self.st.browsers[o.browser].status != LAUNCHING:
             self._commit(o)     # a duplicate or late ready: the fold counts it as stale
             return
         self._commit(o)
@@ -223,7 +227,7 @@ class Coordinator(RecoveryRules):
     def _submit(self, q: int, client: int | None, batch: int, seq: int) -> None:
         self._commit(r.RequestSubmitted(self._now, request_id=q, client=client, batch_size=batch, seq_len=seq))
         self._cmd(c.ArmTimer(("req", q), self._now + self.s.request_timeout_ms))
-        if any(self.st.shards[s].status == UNAVAILABLE for s in self.st.shards):
+        if self._unavailable():
             self._fail_request(q, "shard_unavailable")
             return
         self._dispatch(q)

@@ -19,8 +19,9 @@ Rules:
 from __future__ import annotations
 
 from coordinator import commands as c
+from coordinator.detector import suspicion_delay
 from coordinator.placement import failover_target
-from coordinator.state import (DISCONNECTED, FAILED, LAUNCHING, READY, SERVING, UNAVAILABLE,
+from coordinator.state import (DISCONNECTED, FAILED, LAUNCHING, READY, SERVING, UNAVAILABLE, is_stale,
                                recovery_key)
 from events import records as r
 from shardtwin.vocab import RecoveryStrategy as RS
@@ -38,15 +39,12 @@ LADDERS: dict[RS, tuple[str, ...]] = {
 
 class RecoveryRules:
     # Provided by Coordinator: st, s, cfg, _now, _commit, _cmd, _launch, _load, _dispatch_all,
-    # _fail_request, _backoff, _arm_heartbeat, deps, weight_mb.
+    # _fail_request, _backoff, _arm_heartbeat, _arm_detector, deps, weight_mb.
 
     # --- observations -----------------------------------------------------------
 
-    def _is_stale(self, o: r.BrowserExited | r.ConnectionClosed) -> bool:
-        return bool(o.incarnation) and o.incarnation != self.st.browsers[o.browser].incarnation
-
     def _on_exited(self, o: r.BrowserExited) -> None:
-        if self._is_stale(o):
+        if is_stale(self.st, o.browser, o.incarnation):
             self._commit(o)
             return
         b = o.browser
@@ -60,7 +58,7 @@ class RecoveryRules:
             self._fail_browser(b, "exited")
 
     def _on_connection_closed(self, o: r.ConnectionClosed) -> None:
-        if self._is_stale(o):
+        if is_stale(self.st, o.browser, o.incarnation):
             self._commit(o)
             return
         before = self.st.browsers[o.browser].status
@@ -73,11 +71,11 @@ class RecoveryRules:
         b = o.browser
         if self.st.browsers[b].status != READY:
             return
-        self._arm_heartbeat(b)
         rec = self.st.recoveries.get(b)
         if rec is not None and rec.action == "reconnect":
-            self._cmd(c.CancelTimer(("reconnect", b)))
-            self._reclaim(b)
+            self._take_back(b)
+        else:
+            self._arm_heartbeat(b)
 
     def _on_load_failed(self, o: r.ShardLoadFailed) -> None:
         self._commit(o)
@@ -91,20 +89,17 @@ class RecoveryRules:
         bs = self.st.browsers[b]
         if bs.status != READY or bs.last_heartbeat is None:
             return
-        from coordinator.detector import suspicion_delay
         delay = suspicion_delay(bs.gaps, self.s)
         last = max(bs.last_heartbeat, bs.last_seen or bs.last_heartbeat)   # results count as liveness
         silence = self._now - last
         if silence + 1e-9 < delay:
-            self._hb_armed.add(b)
-            self._cmd(c.ArmTimer(("hb", b), last + delay))
+            self._arm_detector(b, last + delay)
             return
         if bs.loading:
             # Creating a shard session occupies the page's main thread for seconds (measured on
             # 2 cores): silence while a load is outstanding is not a failure. The load itself
             # ends in ShardLoaded, ShardLoadFailed or a closed connection.
-            self._hb_armed.add(b)
-            self._cmd(c.ArmTimer(("hb", b), self._now + delay))
+            self._arm_detector(b, self._now + delay)
             return
         self._commit(r.FailureSuspected(self._now, browser=b, detector=self.s.detector, silence_ms=silence))
         self._fail_browser(b, "heartbeat_timeout")
@@ -122,9 +117,7 @@ class RecoveryRules:
         if rec is None or rec.action != "reconnect" or self.st.browsers[b].status != FAILED:
             return False
         self._commit(r.ConnectionRestored(self._now, browser=b, loaded=()))
-        self._cmd(c.CancelTimer(("reconnect", b)))
-        self._arm_heartbeat(b)
-        self._reclaim(b)
+        self._take_back(b)
         return True
 
     def _recovery_on_ready(self, b: str) -> bool:
@@ -286,6 +279,12 @@ class RecoveryRules:
         if b not in self._fenced and self.st.browsers[b].status in (READY, FAILED, DISCONNECTED, LAUNCHING):
             self._fenced.add(b)      # one kill per incarnation; _launch clears it
             self._cmd(c.KillBrowser(b, "fenced after failure"))
+
+    def _take_back(self, b: str) -> None:
+        """A browser we were waiting for (reconnect) is READY again: stop waiting, watch it, reclaim."""
+        self._cmd(c.CancelTimer(("reconnect", b)))
+        self._arm_heartbeat(b)
+        self._reclaim(b)
 
     def _reclaim(self, b: str) -> None:
         """The failed browser is back: it serves its shards again (reloading what it lost)."""

@@ -114,6 +114,11 @@ def initial_state(cfg: CoordinatorConfig) -> State:
     )
 
 
+def is_stale(st: State, browser: str, incarnation: int) -> bool:
+    """A process/connection fact about an incarnation we already replaced (0: not known)."""
+    return bool(incarnation) and incarnation != st.browsers[browser].incarnation
+
+
 def fold(state: State, recs: Iterable[r.Record]) -> State:
     for rec in recs:
         apply(state, rec)
@@ -147,9 +152,9 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
                 bs.status, bs.last_heartbeat = READY, t
             else:
                 st.stale += 1
-        case r.BrowserExited(browser=b, incarnation=inc) if inc and inc != st.browsers[b].incarnation:
+        case r.BrowserExited(browser=b, incarnation=inc) if is_stale(st, b, inc):
             st.stale += 1     # the exit of an incarnation we already replaced
-        case r.ConnectionClosed(browser=b, incarnation=inc) if inc and inc != st.browsers[b].incarnation:
+        case r.ConnectionClosed(browser=b, incarnation=inc) if is_stale(st, b, inc):
             st.stale += 1
         case r.BrowserExited(browser=b):
             _lose_browser(st.browsers[b], DEAD)
