@@ -56,10 +56,6 @@ class StoreError(ShardtwinError):
     """The DuckDB store cannot be opened, read or written."""
 
 
-class SimulationError(ShardtwinError):
-    """The simulator reached an impossible state (a bug, reported clearly)."""
-
-
 class RealRunError(ShardtwinError):
     """A real run could not proceed (browser missing, server failed, worker protocol broken)."""
 

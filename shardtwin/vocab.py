@@ -39,9 +39,6 @@ class Browser(StrEnum):
     SAFARI = "safari"  # sim profile only
 
 
-REAL_BROWSERS = (Browser.CHROMIUM, Browser.FIREFOX)
-
-
 class Backend(StrEnum):
     WEBGPU = "webgpu"
     WASM = "wasm"
