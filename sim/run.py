@@ -11,7 +11,7 @@ import gc
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Iterator
 
 from coordinator.config import config_for_profile
@@ -53,14 +53,7 @@ def run_scenario(s: Scenario, profile: Profile = DEFAULT_PROFILE, seed: int | No
     coord = Coordinator(cfg)
     coord._commit(RunStarted(0.0, engine="sim"))
     inputs = list(compile_scenario(s))
-
-    shapes: dict[tuple[int, int], ShardPlan] = {(s.workload.batch_size, s.workload.seq_len): plan}
-
-    def plans(batch: int, seq: int) -> ShardPlan:
-        got = shapes.get((batch, seq))
-        if got is None:
-            got = shapes[(batch, seq)] = _plan(s.model, s.shards, str(s.shard_type), batch, seq)
-        return got
+    plans = partial(_plan, s.model, s.shards, str(s.shard_type))   # (batch, seq) -> plan, cached
 
     with _fewer_gc_passes():
         limit = {} if time_limit_ms is None else {"time_limit_ms": time_limit_ms}
