@@ -27,13 +27,13 @@ def whisper_spec(a: Any) -> dict[str, tuple[int, ...]]:
     spec = {f"{e}.conv1.weight": (h, a.num_mel_bins, 3), f"{e}.conv1.bias": (h,),
             f"{e}.conv2.weight": (h, h, 3), f"{e}.conv2.bias": (h,), f"{e}.position": (a.max_source_positions, h)}
     for i in range(a.encoder_layers):
-        spec |= attention_spec(f"encoder.{i}.attention", h, True, key_bias=False)
+        spec |= attention_spec(f"encoder.{i}.attention", h, key_bias=False)
         spec |= feedforward_spec(f"encoder.{i}.feedforward", h, a.intermediate_size)
     spec |= _norm("encoder.final_norm", h)
     spec |= {"decoder.embeddings.token": (a.vocab_size, h), "decoder.embeddings.position": (a.max_positions, h)}
     for i in range(a.decoder_layers):
-        spec |= attention_spec(f"decoder.{i}.attention", h, True, key_bias=False)
-        spec |= attention_spec(f"decoder.{i}.cross_attention", h, True, key_bias=False)
+        spec |= attention_spec(f"decoder.{i}.attention", h, key_bias=False)
+        spec |= attention_spec(f"decoder.{i}.cross_attention", h, key_bias=False)
         spec |= feedforward_spec(f"decoder.{i}.feedforward", h, a.intermediate_size)
     return spec | _norm("decoder.final_norm", h) | _linear("head", h, a.vocab_size, bias=False)
 

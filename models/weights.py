@@ -42,7 +42,7 @@ def _linear(prefix: str, n_in: int, n_out: int, bias: bool = True) -> dict[str, 
     return spec
 
 
-def attention_spec(unit: str, h: int, pre_norm: bool, key_bias: bool = True) -> dict[str, tuple[int, ...]]:
+def attention_spec(unit: str, h: int, key_bias: bool = True) -> dict[str, tuple[int, ...]]:
     spec = _norm(f"{unit}.norm", h)
     for part in ("query", "key", "value", "output"):
         spec |= _linear(f"{unit}.{part}", h, h, bias=key_bias or part != "key")
@@ -53,10 +53,10 @@ def feedforward_spec(unit: str, h: int, inter: int) -> dict[str, tuple[int, ...]
     return _norm(f"{unit}.norm", h) | _linear(f"{unit}.intermediate", h, inter) | _linear(f"{unit}.output", inter, h)
 
 
-def _layers(prefix: str, n: int, h: int, inter: int, pre: bool, key_bias: bool = True) -> dict:
+def _layers(prefix: str, n: int, h: int, inter: int, key_bias: bool = True) -> dict:
     spec: dict[str, tuple[int, ...]] = {}
     for i in range(n):
-        spec |= attention_spec(f"{prefix}.{i}.attention", h, pre, key_bias)
+        spec |= attention_spec(f"{prefix}.{i}.attention", h, key_bias)
         spec |= feedforward_spec(f"{prefix}.{i}.feedforward", h, inter)
     return spec
 
@@ -67,7 +67,7 @@ def bert_spec(a: Any) -> dict[str, tuple[int, ...]]:
     if (a.type_vocab_size or 0) > 0:
         spec["embeddings.token_type"] = (a.type_vocab_size, h)
     spec |= _norm("embeddings.norm", h)
-    spec |= _layers("encoder", a.num_layers, h, a.intermediate_size, False)
+    spec |= _layers("encoder", a.num_layers, h, a.intermediate_size)
     return spec | _linear("pooler.dense", h, h)
 
 
@@ -77,7 +77,7 @@ def vit_spec(a: Any) -> dict[str, tuple[int, ...]]:
             "embeddings.cls": (1, 1, h), "embeddings.position": (1, vit_tokens(a), h)}
     if a.family == "deit":
         spec["embeddings.distillation"] = (1, 1, h)
-    spec |= _layers("encoder", a.num_layers, h, a.intermediate_size, True)
+    spec |= _layers("encoder", a.num_layers, h, a.intermediate_size)
     spec |= _norm("final_norm", h) | _linear("head", h, labels)
     if a.family == "deit":
         spec |= _linear("head.distillation", h, labels)
