@@ -235,7 +235,6 @@ def _name(shard: list[Unit], st: ShardType, whole: dict[str, int], sizes: dict, 
         if len(comps) == 1:
             stacks = frozenset(k for k, _ in sizes) | {"vision", "text", "encoder", "decoder"}
             return f"{comps[0]}_{_label(shard, sizes, multi, strip=stacks)}"
-        return _label(shard, sizes, multi)
     return _label(shard, sizes, multi)
 
 
