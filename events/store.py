@@ -11,6 +11,8 @@ Rules:
   rolled back and the run stays `running`. On open, `running` runs of this host whose
   process is gone are marked `aborted` (their buffered events died with the process).
 - Leaving the `with` block aborts this Store's still-running runs with what they buffered.
+- Batch writers (sweeps) write finished runs directly: `with store.transaction():
+  store.insert_runs(rows, events)`; rows carry RUN_ROW_COLUMNS.
 - export_run writes the events as Parquet with the run row and the scenario in the Arrow
   schema metadata; import_run restores all three and is idempotent.
 """
@@ -26,10 +28,11 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import duckdb
 import psutil
@@ -64,8 +67,9 @@ CREATE TABLE IF NOT EXISTS profiles (
 """
 RUN_COLUMNS = ("run_id", "source", "scenario_hash", "calibration_profile", "seed", "code_version",
                "host_info", "started_at", "finished_at", "status", "result")
-_INSERT_EVENTS = """INSERT INTO events SELECT run_id, CAST(source AS VARCHAR), seq, t_ms, CAST(kind AS VARCHAR),
-  request_id, shard, browser, attempt, value, detail FROM _incoming"""
+RUN_ROW_COLUMNS = RUN_COLUMNS + ("host", "pid", "pid_started")     # every column of the runs table
+_EVENTS_SELECT = """SELECT run_id, CAST(source AS VARCHAR), seq, t_ms, CAST(kind AS VARCHAR),
+  request_id, shard, browser, attempt, value, detail"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +97,8 @@ class StoredProfile:
     residuals: dict[str, Any] | None
 
 
-def _now() -> datetime:
+def utcnow() -> datetime:
+    """Now as the store writes timestamps: naive UTC."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
@@ -203,13 +208,13 @@ class Store:
         finally:
             self.close()
 
-    def _tx(self, work, *args: Any) -> Any:
-        """Run work(*args) in one transaction; any failure rolls back and is a StoreError."""
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction around the block; any failure rolls back, database errors as StoreError."""
         self.con.execute("BEGIN TRANSACTION")
         try:
-            out = work(*args)
+            yield
             self.con.execute("COMMIT")
-            return out
         except BaseException as exc:
             try:   # a failed COMMIT (e.g. disk full) may already have ended the transaction
                 self.con.execute("ROLLBACK")
@@ -221,11 +226,41 @@ class Store:
                 raise StoreError(f"store write failed, rolled back: {str(exc).splitlines()[0]}") from exc
             raise
 
+    def _tx(self, work, *args: Any) -> Any:
+        with self.transaction():
+            return work(*args)
+
+    def insert_arrow(self, table: str, data: pa.Table, select: str = "SELECT *", ignore_existing: bool = False,
+                     columns: Sequence[str] = ()) -> None:
+        """INSERT INTO `table` [(columns)] `select` FROM the Arrow table `data`."""
+        cols = f" ({', '.join(columns)})" if columns else ""
+        self.con.register("_incoming", data)
+        try:
+            self.con.execute(f"INSERT INTO {table}{cols} {select} FROM _incoming"
+                             + (" ON CONFLICT DO NOTHING" if ignore_existing else ""))
+        finally:
+            self.con.unregister("_incoming")
+
+    def insert_runs(self, rows: Sequence[Mapping[str, Any]], events: pa.Table | None = None,
+                    ignore_existing: bool = False) -> None:
+        """Insert ended runs (dicts with the RUN_ROW_COLUMNS keys; JSON columns as canonical JSON
+        text) and their events (an Arrow table of events.schema), e.g. inside `transaction()`.
+        `ignore_existing`: rows already stored are left as they are (idempotent import)."""
+        if rows:
+            bad = {k for r in rows for k in r} - set(RUN_ROW_COLUMNS)
+            if bad:
+                raise StoreError(f"not columns of runs: {', '.join(sorted(bad))}")
+            cols = [c for c in RUN_ROW_COLUMNS if c in rows[0]]
+            self.insert_arrow("runs", pa.Table.from_pylist([{c: r.get(c) for c in cols} for r in rows]),
+                              ignore_existing=ignore_existing, columns=cols)
+        if events is not None and events.num_rows:
+            self.insert_arrow("events", events, _EVENTS_SELECT, ignore_existing)
+
     # --- scenarios ---
     def save_scenario(self, s: Scenario) -> str:
         h = scenario_hash(s)
         self.con.execute("INSERT INTO scenarios VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                         [h, canonical_json(scenario_to_dict(s)), _now()])
+                         [h, canonical_json(scenario_to_dict(s)), utcnow()])
         return h
 
     def load_scenario(self, scenario_hash_: str) -> Scenario:
@@ -246,7 +281,7 @@ class Store:
         self.con.execute(
             "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 'running', NULL, ?, ?, ?)",
             [run_id, src.value, h, profile_name, scenario.seed if seed is None else seed,
-             code_version_ or code_version(), canonical_json(dict(host_info_ or host_info())), _now(),
+             code_version_ or code_version(), canonical_json(dict(host_info_ or host_info())), utcnow(),
              socket.gethostname(), pid, _pid_started(pid)])
         self._open[run_id] = src
         self._buffers[run_id] = {}
@@ -275,16 +310,12 @@ class Store:
         del self._open[run_id], self._buffers[run_id]
 
     def _write_close(self, run_id: str, status: str, table: pa.Table, result: Mapping[str, Any] | None) -> None:
-        self.con.register("_incoming", table)
-        try:
-            self.con.execute(_INSERT_EVENTS)
-        finally:
-            self.con.unregister("_incoming")
+        self.insert_runs((), table)
         self._set_status(run_id, status, result)
 
     def _set_status(self, run_id: str, status: str, result: Mapping[str, Any] | None) -> None:
         self.con.execute("UPDATE runs SET status = ?, finished_at = ?, result = ? WHERE run_id = ?",
-                         [status, _now(), None if result is None else canonical_json(dict(result)), run_id])
+                         [status, utcnow(), None if result is None else canonical_json(dict(result)), run_id])
 
     def finish_run(self, run_id: str, log: EventLog | None = None, result: Mapping[str, Any] | None = None) -> None:
         """Write the run's events (buffered + `log`) and status finished in one transaction."""
@@ -346,7 +377,7 @@ class Store:
         if version is None:
             version = self.con.execute("SELECT coalesce(max(version), 0) + 1 FROM profiles WHERE name = ?",
                                        [name]).fetchone()[0]
-        prof = StoredProfile(uuid.uuid4().hex, name, int(version), _now(), dict(data),
+        prof = StoredProfile(uuid.uuid4().hex, name, int(version), utcnow(), dict(data),
                              None if residuals is None else dict(residuals))
         try:
             self.con.execute("INSERT INTO profiles VALUES (?, ?, ?, ?, ?, ?)",
@@ -391,11 +422,4 @@ class Store:
 
     def _write_import(self, run: dict[str, Any], scenario: Scenario, table: pa.Table) -> None:
         self.save_scenario(scenario)
-        vals = [run[k] for k in RUN_COLUMNS]
-        self.con.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(vals))})"
-                         " ON CONFLICT DO NOTHING", vals)
-        self.con.register("_incoming", table)
-        try:
-            self.con.execute(_INSERT_EVENTS + " ON CONFLICT DO NOTHING")
-        finally:
-            self.con.unregister("_incoming")
+        self.insert_runs([{k: run[k] for k in RUN_COLUMNS}], table, ignore_existing=True)

@@ -28,14 +28,14 @@ import traceback
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import multiprocessing
 import pyarrow as pa
 
 from events.schema import EventKind as K, EventLog, canonical_json, to_arrow
-from events.store import DEFAULT_DB_PATH, Store, code_version, host_info
+from events.store import DEFAULT_DB_PATH, Store, code_version, host_info, utcnow
 from experiments.runner import write_json_atomic
 from experiments.sweep_spec import Sweep, SweepPoint, load_sweep
 from shardtwin.errors import InputError
@@ -78,10 +78,6 @@ class PointOutcome:
     finished_at: datetime
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
 def point_result(run, point: SweepPoint) -> dict[str, Any]:
     """The seed result JSON of one simulated point (same extras as `shardtwin sim`)."""
     from sim.run import sim_result
@@ -92,7 +88,7 @@ def point_result(run, point: SweepPoint) -> dict[str, Any]:
 def run_point(task: PointTask) -> PointOutcome:
     """Simulate one point; never raises for a simulation error (the outcome is `aborted`)."""
     from sim.run import run_scenario
-    started = _utcnow()
+    started = utcnow()
     try:
         run = run_scenario(task.point.scenario, task.point.profile, run_id=task.run_id)
         result = point_result(run, task.point)
@@ -100,13 +96,13 @@ def run_point(task: PointTask) -> PointOutcome:
         tb = traceback.extract_tb(exc.__traceback__)[-1]
         return PointOutcome(task.point.index, task.run_id, "aborted",
                             {"aborted": f"{type(exc).__name__}: {exc} ({tb.filename}:{tb.lineno})"},
-                            None, 0, 0, started, _utcnow())
+                            None, 0, 0, started, utcnow())
     events = None
     if task.events != "none":
         kept = run.log.events if task.events == "all" else tuple(e for e in run.log.events if e.kind in SUMMARY_KINDS)
         events = to_arrow(EventLog(task.run_id, Source.SIM, kept))
     return PointOutcome(task.point.index, task.run_id, "finished", result, events,
-                        run.sim_events, len(run.log.events), started, _utcnow())
+                        run.sim_events, len(run.log.events), started, utcnow())
 
 
 # --- runners ---
@@ -187,10 +183,6 @@ def make_runner(workers: int | None, ray: str | None = None) -> Runner:
 
 # --- storage ---
 
-_RUN_FIELDS = ("run_id", "source", "scenario_hash", "calibration_profile", "seed", "code_version", "host_info",
-               "started_at", "finished_at", "status", "result", "host", "pid", "pid_started")
-
-
 class SweepWriter:
     """Writes a sweep's runs through one Store connection, BATCH_RUNS per transaction."""
 
@@ -201,7 +193,7 @@ class SweepWriter:
         self._host, self._code = canonical_json(host_info()), code_version()
         store.con.execute(SWEEP_DDL)
         store.con.execute("INSERT INTO sweeps VALUES (?, ?, ?)",
-                          [self.sweep_id, canonical_json(dict(sweep.spec)), _utcnow()])
+                          [self.sweep_id, canonical_json(dict(sweep.spec)), utcnow()])
 
     def add(self, outcome: PointOutcome) -> None:
         self._pending.append(outcome)
@@ -211,31 +203,19 @@ class SweepWriter:
     def flush(self) -> None:
         if self._pending:
             batch, self._pending = self._pending, []
-            self.store._tx(self._write, batch)
+            with self.store.transaction():
+                self._write(batch)
 
     def _write(self, batch: list[PointOutcome]) -> None:
         points = self.sweep.points
         for s in {points[o.index].scenario for o in batch}:
             self.store.save_scenario(s)
-        runs = pa.Table.from_pylist([self._run_row(o) for o in batch])
         sp = pa.Table.from_pylist([{"sweep_id": self.sweep_id, "point": o.index,
                                     "params": canonical_json(dict(points[o.index].params)), "run_id": o.run_id}
                                    for o in batch])
         tables = [o.events for o in batch if o.events is not None and o.events.num_rows]
-        self._insert("runs", f"({', '.join(_RUN_FIELDS)})", runs)
-        self._insert("sweep_points", "", sp)
-        if tables:
-            ev = pa.concat_tables(tables)
-            self._insert("events", "", ev, "SELECT run_id, CAST(source AS VARCHAR), seq, t_ms, CAST(kind AS VARCHAR),"
-                                           " request_id, shard, browser, attempt, value, detail")
-
-    def _insert(self, table: str, cols: str, data: pa.Table, select: str = "SELECT *") -> None:
-        con = self.store.con
-        con.register("_sweep_in", data)
-        try:
-            con.execute(f"INSERT INTO {table} {cols} {select} FROM _sweep_in")
-        finally:
-            con.unregister("_sweep_in")
+        self.store.insert_runs([self._run_row(o) for o in batch], pa.concat_tables(tables) if tables else None)
+        self.store.insert_arrow("sweep_points", sp)
 
     def _run_row(self, o: PointOutcome) -> dict[str, Any]:
         from events.scenario import scenario_hash
