@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from events.scenario_file import scenario_hash
 from events.schema import Event, EventKind as K, EventLog
 
 Index = dict[K, list[Event]]
@@ -164,7 +165,6 @@ def seed_result(log: EventLog, scenario, plan, settings, *, baseline_mb: float =
     rm, em = _recovery(by, strategy)
     mem, mem_how = _memory(by, plan, baseline_mb)
     specs = {s.index: s.specialization for s in plan.shards}
-    from events.scenario_file import scenario_hash
     result = {
         "model_name": scenario.model, "shard_count": scenario.shards, "shard_type": str(scenario.shard_type),
         "model_type": str(plan.model_type),
