@@ -25,11 +25,11 @@ from shardtwin.vocab import Source
 
 class EventKind(StrEnum):
     # --- input events: the compiled scenario (what will be asked / injected) ---
-    SCENARIO_COMPILED = "scenario_compiled"        # detail: scenario hash, name
+    SCENARIO_COMPILED = "scenario_compiled"        # detail: hash, name, scenario (canonical dict)
     REQUEST_SCHEDULED = "request_scheduled"        # open-loop / iterations arrival at t
     CLIENTS_SCHEDULED = "clients_scheduled"        # closed loop: value = concurrency
     WORKLOAD_DEADLINE = "workload_deadline"        # no new requests after t
-    FAULT_SCHEDULED = "fault_scheduled"            # detail: fault spec
+    FAULT_SCHEDULED = "fault_scheduled"            # detail: fault spec (type, ...) + fault = its index
     # --- run lifecycle ---
     RUN_STARTED = "run_started"
     RUN_FINISHED = "run_finished"
@@ -42,7 +42,7 @@ class EventKind(StrEnum):
     BROWSER_CRASHED = "browser_crashed"            # the process is gone (observed)
     BACKEND_FALLBACK = "backend_fallback"          # detail: wanted, got, reason
     MEMORY_SAMPLED = "memory_sampled"              # value = MB
-    HEARTBEAT_RECEIVED = "heartbeat_received"      # value = gap ms since previous
+    HEARTBEAT_RECEIVED = "heartbeat_received"      # no value or detail: gap = t_ms minus the browser's previous
     CONNECTION_CLOSED = "connection_closed"
     CONNECTION_RESTORED = "connection_restored"
     # --- shards ---
@@ -56,19 +56,19 @@ class EventKind(StrEnum):
     SHARD_STARTED = "shard_started"
     SHARD_COMPLETED = "shard_completed"            # value = compute ms
     SHARD_FAILED = "shard_failed"                  # detail: reason
-    TRANSFER_COMPLETED = "transfer_completed"      # value = bytes; detail: ms, hop
+    TRANSFER_COMPLETED = "transfer_completed"      # value = bytes; detail: ms, direction in|out
     REQUEST_COMPLETED = "request_completed"        # value = latency ms
     REQUEST_FAILED = "request_failed"              # value = latency ms; detail: reason
     # --- faults, detection, recovery ---
-    FAULT_INJECTED = "fault_injected"              # detail: type, params
+    FAULT_INJECTED = "fault_injected"              # detail: fault (the failure type), params
     FAULT_CLEARED = "fault_cleared"
-    FAILURE_SUSPECTED = "failure_suspected"        # detector fired; detail: detector, phi/gap
-    FAILURE_DETECTED = "failure_detected"          # value = ms since fault (when known)
-    RECOVERY_STARTED = "recovery_started"          # detail: strategy, action
+    FAILURE_SUSPECTED = "failure_suspected"        # detector fired; detail: detector, silence_ms
+    FAILURE_DETECTED = "failure_detected"          # no value; detail: cause, shards (request_id: shard error)
+    RECOVERY_STARTED = "recovery_started"          # detail: strategy, action, target, shards
     RECOVERY_COMPLETED = "recovery_completed"      # value = ms since detection
     RECOVERY_FAILED = "recovery_failed"
     # --- real-only facts ---
-    PROCESS_OBSERVED = "process_observed"          # detail: pid, rss
+    PROCESS_OBSERVED = "process_observed"          # value = RSS MB; detail: pid
     MESSAGE_REJECTED = "message_rejected"          # worker channel refused a frame
 
 
