@@ -102,6 +102,14 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def query_rows(con: duckdb.DuckDBPyConnection, sql: str,
+               params: Sequence[Any] | Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rows of any SQL as dicts; `params`: a list for `?`, a dict for `$name` placeholders."""
+    cur = con.execute(sql, params) if params else con.execute(sql)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -366,9 +374,7 @@ class Store:
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         """Rows of any SQL (e.g. over the request_latency / fault_recovery views) as dicts."""
-        cur = self.con.execute(sql, params or [])
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
+        return query_rows(self.con, sql, params)
 
     # --- profiles ---
     def save_profile(self, name: str, data: Mapping[str, Any], residuals: Mapping[str, Any] | None = None,

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import duckdb
 
 from coordinator.settings import LEVELS
+from events.store import query_rows
 from shardtwin.errors import InputError
 
 GROUP_KEYS = ("source", "shard_type", "shard_count", "recovery_strategy", "fault_tolerance_level")
@@ -74,12 +75,6 @@ def connect(store_or_con: Any) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def rows(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    cur = con.execute(sql, params or {})
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
-
-
 def _nest(row: dict[str, Any], prefix: str, names: Sequence[str]) -> dict[str, Any]:
     return {n: row.pop(f"{prefix}{n}") for n in names}
 
@@ -91,9 +86,9 @@ def select_runs(con, model: str, source: str = "all") -> list[dict[str, Any]]:
     if source not in SOURCES:
         raise InputError(f"unknown source {source!r}; known: {', '.join(SOURCES)}")
     name = canonical_model(model)
-    out = rows(con, "SELECT run_id, source, status, started_at, shard_type, shard_count, recovery_strategy,"
-                    " fault_tolerance_level FROM analysis_runs WHERE model = $m AND status = 'finished'"
-                    " AND ($s = 'all' OR source = $s) ORDER BY started_at, run_id", {"m": name, "s": source})
+    out = query_rows(con, "SELECT run_id, source, status, started_at, shard_type, shard_count, recovery_strategy,"
+                          " fault_tolerance_level FROM analysis_runs WHERE model = $m AND status = 'finished'"
+                          " AND ($s = 'all' OR source = $s) ORDER BY started_at, run_id", {"m": name, "s": source})
     for r in out:
         r["started_at"] = r["started_at"].isoformat(sep=" ")
     return out
@@ -160,10 +155,10 @@ _LAT_NAMES = ("mean", "p50", "p95", "p99", "max")
 
 def per_run(con, ids: list[str]) -> list[dict[str, Any]]:
     """Request outcomes, latency, throughput, per-shard compute and memory of each run."""
-    out = rows(con, PER_RUN, {"ids": ids})
-    reasons = rows(con, f"SELECT run_id, reason, count(*) AS n FROM request_latency WHERE {_SEL}"
-                        " AND outcome = 'failed' GROUP BY ALL ORDER BY ALL", {"ids": ids})
-    shards = rows(con, SHARD_COMPUTE.format(keys="a.run_id"), {"ids": ids})
+    out = query_rows(con, PER_RUN, {"ids": ids})
+    reasons = query_rows(con, f"SELECT run_id, reason, count(*) AS n FROM request_latency WHERE {_SEL}"
+                              " AND outcome = 'failed' GROUP BY ALL ORDER BY ALL", {"ids": ids})
+    shards = query_rows(con, SHARD_COMPUTE.format(keys="a.run_id"), {"ids": ids})
     for r in out:
         r["requests"] = _nest(r, "req_", _REQ_NAMES)
         r["requests"]["failed_reasons"] = {x["reason"] or "unknown": x["n"] for x in reasons
@@ -191,9 +186,9 @@ GROUP BY ALL ORDER BY ALL
 def per_group(con, ids: list[str]) -> list[dict[str, Any]]:
     """Runs aggregated per (source, shard_type, shard_count, strategy, level): requests pooled."""
     sql = PER_GROUP.format(per_run=PER_RUN.split("ORDER BY a.started_at")[0])
-    out = rows(con, sql, {"ids": ids})
+    out = query_rows(con, sql, {"ids": ids})
     keys = "a." + ", a.".join(k for k in GROUP_KEYS)
-    shards = rows(con, SHARD_COMPUTE.format(keys=keys), {"ids": ids})
+    shards = query_rows(con, SHARD_COMPUTE.format(keys=keys), {"ids": ids})
     for g in out:
         g["requests"] = _nest(g, "req_", _REQ_NAMES)
         g["latency_ms"] = _nest(g, "lat_", _LAT_NAMES)
@@ -248,7 +243,7 @@ ORDER BY recovery_success_rate DESC NULLS LAST, recovery_ms_mean ASC NULLS LAST,
 
 def compare_strategies(con, ids: list[str]) -> dict[str, Any]:
     """One row per recovery strategy, best first, and the recommendation."""
-    table = rows(con, STRATEGIES, {"ids": ids})
+    table = query_rows(con, STRATEGIES, {"ids": ids})
     for rank, r in enumerate(table, 1):
         r["rank"] = rank
         for k in ("needed_recovery", "recovered", "recovery_failed", "unresolved"):
@@ -262,8 +257,8 @@ def compare_strategies(con, ids: list[str]) -> dict[str, Any]:
     line = (f"recommended recovery strategy: {best['recovery_strategy']} (success "
             f"{best['recovery_success_rate']:.0%} of {best['needed_recovery']} faults, mean recovery "
             f"{'n/a' if mean is None else f'{mean:.0f} ms'}; ranked by success rate, then mean recovery time)")
-    sources = [r["source"] for r in rows(con, "SELECT DISTINCT source FROM analysis_runs WHERE "
-                                              f"{_SEL} ORDER BY 1", {"ids": ids})]
+    sources = [r["source"] for r in query_rows(con, "SELECT DISTINCT source FROM analysis_runs WHERE "
+                                                    f"{_SEL} ORDER BY 1", {"ids": ids})]
     if len(sources) > 1:
         line += f"; sources pooled ({', '.join(sources)}): use --source to compare them apart"
     return {"strategies": table, "recommendation": best["recovery_strategy"], "recommendation_line": line,
@@ -282,30 +277,31 @@ GROUP BY ALL ORDER BY ALL
 
 def recovery_focus(con, ids: list[str]) -> dict[str, Any]:
     """Detection and recovery statistics per failure type x strategy, plus detections no fault explains."""
-    by = rows(con, f"WITH f AS ({FAULTS}) SELECT type AS failure_type, recovery_strategy, {_FAULT_STATS}"
-                   " FROM f GROUP BY ALL ORDER BY ALL", {"ids": ids})
-    return {"by_failure_type_strategy": by, "unattributed_detections": rows(con, UNATTRIBUTED, {"ids": ids})}
+    by = query_rows(con, f"WITH f AS ({FAULTS}) SELECT type AS failure_type, recovery_strategy, {_FAULT_STATS}"
+                         " FROM f GROUP BY ALL ORDER BY ALL", {"ids": ids})
+    return {"by_failure_type_strategy": by, "unattributed_detections": query_rows(con, UNATTRIBUTED, {"ids": ids})}
 
 
 def latency_focus(con, ids: list[str]) -> dict[str, Any]:
     """Latency distribution per group and per run, during faults vs baseline."""
     pcts = ", ".join(f"quantile_cont(latency_ms, {q / 100}) FILTER (WHERE outcome = 'completed') AS p{q}"
                      for q in (10, 25, 50, 75, 90, 95, 99))
-    groups = rows(con, f"SELECT source, {', '.join(GROUP_KEYS[1:])}, count(*) FILTER (WHERE outcome = 'completed')"
-                       f" AS completed, {pcts}, stddev_samp(latency_ms) FILTER (WHERE outcome = 'completed')"
-                       f" AS std FROM analysis_requests WHERE {_SEL} GROUP BY ALL ORDER BY ALL", {"ids": ids})
-    runs = rows(con, f"SELECT run_id, count(*) FILTER (WHERE during_fault) AS during_fault,"
-                     " quantile_cont(latency_ms, 0.95) FILTER (WHERE during_fault AND outcome = 'completed')"
-                     " AS p95_during_fault_ms, quantile_cont(latency_ms, 0.95) FILTER (WHERE NOT during_fault"
-                     f" AND outcome = 'completed') AS p95_baseline_ms FROM analysis_requests WHERE {_SEL}"
-                     " GROUP BY ALL ORDER BY ALL", {"ids": ids})
+    groups = query_rows(con, f"SELECT source, {', '.join(GROUP_KEYS[1:])},"
+                             " count(*) FILTER (WHERE outcome = 'completed')"
+                             f" AS completed, {pcts}, stddev_samp(latency_ms) FILTER (WHERE outcome = 'completed')"
+                             f" AS std FROM analysis_requests WHERE {_SEL} GROUP BY ALL ORDER BY ALL", {"ids": ids})
+    runs = query_rows(con, f"SELECT run_id, count(*) FILTER (WHERE during_fault) AS during_fault,"
+                           " quantile_cont(latency_ms, 0.95) FILTER (WHERE during_fault AND outcome = 'completed')"
+                           " AS p95_during_fault_ms, quantile_cont(latency_ms, 0.95) FILTER (WHERE NOT during_fault"
+                           f" AND outcome = 'completed') AS p95_baseline_ms FROM analysis_requests WHERE {_SEL}"
+                           " GROUP BY ALL ORDER BY ALL", {"ids": ids})
     return {"by_group": groups, "by_run": runs}
 
 
 def latencies(con, ids: list[str]) -> list[dict[str, Any]]:
     """Every completed request's latency with its run's source and strategy (for CDF plots)."""
-    return rows(con, f"SELECT source, recovery_strategy, latency_ms FROM analysis_requests WHERE {_SEL}"
-                     " AND outcome = 'completed' ORDER BY source, recovery_strategy, latency_ms", {"ids": ids})
+    return query_rows(con, f"SELECT source, recovery_strategy, latency_ms FROM analysis_requests WHERE {_SEL}"
+                           " AND outcome = 'completed' ORDER BY source, recovery_strategy, latency_ms", {"ids": ids})
 
 
 # --- memory -----------------------------------------------------------------
@@ -346,10 +342,10 @@ FROM d ORDER BY browser, seq
 def memory_series(con, run_id: str) -> dict[str, Any]:
     """{basis, per_browser: {browser: [[t_ms, mb], ...]}}: sampled memory, else modelled (see SQL)."""
     basis = "measured (memory_sampled)"
-    pts = rows(con, MEASURED_SERIES, {"run": run_id})
+    pts = query_rows(con, MEASURED_SERIES, {"run": run_id})
     if not pts:
         basis = "modelled (baseline at ready + loaded shard weights; 0 after exit or relaunch)"
-        pts = rows(con, MODELLED_SERIES, {"run": run_id})
+        pts = query_rows(con, MODELLED_SERIES, {"run": run_id})
     out: dict[str, list[list[float]]] = {}
     for p in pts:
         out.setdefault(p["browser"], []).append([p["t_ms"], p["mb"]])

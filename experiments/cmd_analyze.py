@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from events.store import DEFAULT_DB_PATH, Store
+from events.store import DEFAULT_DB_PATH, Store, query_rows
 from experiments import analysis as A
 from experiments.runner import write_json_atomic
 from shardtwin.errors import InputError
@@ -170,9 +170,9 @@ def _chosen_run(con, ids: list[str], run: str | None) -> str:
         if run not in ids:
             raise InputError(f"run {run!r} is not a finished run of the selected model/source in the store")
         return run
-    faulted = A.rows(con, "SELECT run_id FROM analysis_runs WHERE list_contains($ids, run_id) AND run_id IN"
-                          " (SELECT run_id FROM fault_recovery) ORDER BY started_at DESC, run_id DESC LIMIT 1",
-                     {"ids": ids})
+    faulted = query_rows(con, "SELECT run_id FROM analysis_runs WHERE list_contains($ids, run_id) AND run_id IN"
+                              " (SELECT run_id FROM fault_recovery) ORDER BY started_at DESC, run_id DESC LIMIT 1",
+                         {"ids": ids})
     return faulted[0]["run_id"] if faulted else ids[-1]
 
 
@@ -252,7 +252,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from experiments.trace import chrome_trace, run_timeline
     with Store(args.db) as st:
         con = A.connect(st)
-        found = A.rows(con, "SELECT source, model, status FROM analysis_runs WHERE run_id = $r", {"r": args.run_id})
+        found = query_rows(con, "SELECT source, model, status FROM analysis_runs WHERE run_id = $r", {"r": args.run_id})
         if not found:
             raise InputError(f"no run {args.run_id!r} in {args.db}")
         r = found[0]

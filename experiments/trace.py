@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from experiments.analysis import rows
+from events.store import query_rows
 
 _PAIR = """
 WITH s AS (SELECT seq, t_ms, {keys}, lead(seq) OVER (PARTITION BY {keys} ORDER BY seq) AS next_seq
@@ -50,7 +50,7 @@ def _spans(con, run_id: str, name: str) -> list[dict[str, Any]]:
     sql = _PAIR.format(keys=", ".join(keys), start=start, ends=", ".join(f"'{k}'" for k in ends),
                        join=" AND ".join(f"e.{k} IS NOT DISTINCT FROM s.{k}" for k in keys))
     out = []
-    for r in rows(con, sql, {"run": run_id}):
+    for r in query_rows(con, sql, {"run": run_id}):
         ended = r["end_seq"] is not None and (r["next_seq"] is None or r["end_seq"] < r["next_seq"])
         if ended:
             end, status = r["end_ms"], r["end_kind"]
@@ -66,13 +66,13 @@ def _spans(con, run_id: str, name: str) -> list[dict[str, Any]]:
 def run_timeline(con, run_id: str) -> dict[str, Any]:
     """Spans (shard runs, loads, launches), marks (faults, detections, recoveries...) and requests of a run."""
     spans = [s for name in SPAN_KINDS for s in _spans(con, run_id, name)]
-    marks = rows(con, f"""SELECT seq, t_ms, kind, browser, shard, request_id, value, detail FROM events
+    marks = query_rows(con, f"""SELECT seq, t_ms, kind, browser, shard, request_id, value, detail FROM events
         WHERE run_id = $run AND kind IN ({', '.join(f"'{k}'" for k in MARK_KINDS)})
           AND NOT (kind = 'recovery_started' AND json_extract_string(detail, '$.action') = 'detect')
         ORDER BY seq""", {"run": run_id})
-    requests = rows(con, "SELECT request_id, submitted_ms, finished_ms, latency_ms, outcome, reason"
-                         " FROM request_latency WHERE run_id = $run ORDER BY request_id", {"run": run_id})
-    end = rows(con, "SELECT max(t_ms) AS t FROM events WHERE run_id = $run", {"run": run_id})[0]["t"] or 0.0
+    requests = query_rows(con, "SELECT request_id, submitted_ms, finished_ms, latency_ms, outcome, reason"
+                               " FROM request_latency WHERE run_id = $run ORDER BY request_id", {"run": run_id})
+    end = query_rows(con, "SELECT max(t_ms) AS t FROM events WHERE run_id = $run", {"run": run_id})[0]["t"] or 0.0
     browsers = sorted({s["browser"] for s in spans if s["browser"]} | {m["browser"] for m in marks if m["browser"]})
     return {"run_id": run_id, "end_ms": end, "browsers": browsers, "spans": spans, "marks": marks,
             "requests": requests}

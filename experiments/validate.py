@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import duckdb
 
+from events.store import query_rows
 from shardtwin.errors import InputError
 
 
@@ -152,17 +153,11 @@ ORDER BY 1
 """
 
 
-def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    cur = con.execute(sql, params)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
-
-
 def run_summary(con: duckdb.DuckDBPyConnection, run_id: str | Sequence[str]) -> dict[str, Any]:
     """Latency summary of one run, or of the pooled requests of several runs (an ensemble)."""
     ids = [run_id] if isinstance(run_id, str) else list(run_id)
-    s = _rows(con, LATENCY_SUMMARY, [ids])[0]
-    rps = [r for r in (_rows(con, THROUGHPUT, [i, i])[0]["rps"] for i in ids) if r is not None]
+    s = query_rows(con, LATENCY_SUMMARY, [ids])[0]
+    rps = [r for r in (query_rows(con, THROUGHPUT, [i, i])[0]["rps"] for i in ids) if r is not None]
     s["throughput_rps"] = sum(rps) / len(rps) if rps else None
     src = con.execute("SELECT source FROM runs WHERE run_id = ?", [ids[0]]).fetchone()
     s["source"] = src[0] if src else None
@@ -171,7 +166,7 @@ def run_summary(con: duckdb.DuckDBPyConnection, run_id: str | Sequence[str]) -> 
 
 
 def paired_requests(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str) -> list[dict[str, Any]]:
-    return _rows(con, PAIRED_REQUESTS, [real_run, sim_run])
+    return query_rows(con, PAIRED_REQUESTS, [real_run, sim_run])
 
 
 def check_same_scenario(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str | Sequence[str]) -> str:
@@ -204,7 +199,7 @@ def _median(vals: list[float | None]) -> float | None:
 def fault_summary(con: duckdb.DuckDBPyConnection, runs: Sequence[str]) -> dict[tuple, dict[str, Any]]:
     """Per fault key (type, browser, k-th of that type on that browser): the median detection and
     recovery over the runs, success by majority, and when it was injected (first run's time)."""
-    rows = _rows(con, FAULT_ROWS, [list(runs)])
+    rows = query_rows(con, FAULT_ROWS, [list(runs)])
     keys: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         keys.setdefault((r["type"], r["browser"], r["k"]), []).append(r)
