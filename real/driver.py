@@ -15,6 +15,8 @@ Rules:
   The page reports no timestamps of its own, so the network legs cannot be told apart.
 - Every browser ends when the run ends (BrowserPool), also on error and Ctrl-C; the run's
   events so far are returned for the store either way (RealRun.log, RealRun.aborted).
+  SIGINT/SIGTERM are the driver's alone (loop signal handlers around the whole pool block; the
+  pool's own guard is off).
 - Remote browsers (real/remote.py, RemoteOptions): a remote slot's LaunchBrowser announces a join
   URL instead of starting a process (RealDriver.joins); with a Playwright endpoint, local slots are
   launched through it. Neither has a pid: no ProcessObserved, no memory samples; their
@@ -98,34 +100,40 @@ class RealDriver:
                                 public_host=public_host(self.remote.bind, self.remote.public_host)) as self.server:
             if self.on_server is not None:
                 self.on_server(self.server)
-            async with BrowserPool(self.launcher) as self.pool:
-                self._trap_signals()
-                try:
-                    self.execute(self.coord.start(self.now()))
-                    self._spawn(self._sample_memory())
-                    await asyncio.wait_for(self._done.wait(), self.run_timeout_s)
-                except asyncio.TimeoutError:
-                    self.aborted = "time_limit"
-                    self.execute(self.coord.abort(self.now(), "time_limit"))
-                except asyncio.CancelledError:
-                    self.aborted = "interrupted"
-                    self.coord.abort(self.now(), "interrupted")
-                    raise
-                finally:
-                    self._untrap_signals()
-                    for t in list(self._tasks):
-                        t.cancel()
-                    for b, st in sorted(self.browsers.items()):
-                        if st.handle is not None and not st.killed and not st.handle.exited.is_set():
-                            self.coord.handle(r.BrowserClosed(self.now(), browser=b), self.now())
-                        st.killed = True
+            # The driver alone owns SIGINT/SIGTERM, over the whole pool block (closing included);
+            # the pool's own signal guard would be replaced by the loop's handlers anyway.
+            self._trap_signals()
+            try:
+                async with BrowserPool(self.launcher, handle_signals=False) as self.pool:
+                    try:
+                        self.execute(self.coord.start(self.now()))
+                        self._spawn(self._sample_memory())
+                        await asyncio.wait_for(self._done.wait(), self.run_timeout_s)
+                    except asyncio.TimeoutError:
+                        self.aborted = "time_limit"
+                        self.execute(self.coord.abort(self.now(), "time_limit"))
+                    except asyncio.CancelledError:
+                        self.aborted = "interrupted"
+                        self.coord.abort(self.now(), "interrupted")
+                        raise
+                    finally:
+                        for t in list(self._tasks):
+                            t.cancel()
+                        for b, st in sorted(self.browsers.items()):
+                            if st.handle is not None and not st.killed and not st.handle.exited.is_set():
+                                self.coord.handle(r.BrowserClosed(self.now(), browser=b), self.now())
+                            st.killed = True
+            finally:
+                self._untrap_signals()
 
     def _trap_signals(self) -> None:
         """Ctrl-C / SIGTERM: SIGKILL every browser at once, then end the run through the normal
-        path (no exception inside the event loop), so the events so far are kept and stored."""
+        path (no exception inside the event loop), so the events so far are kept and stored.
+        Armed around the whole BrowserPool block, so a signal while the pool closes still ends
+        every browser first; _untrap_signals puts back the handlers found here."""
         import signal
         from real.browsers import kill_all_live
-        self._trapped = []
+        self._trapped: dict[int, Any] = {}
 
         def stop(sig: int) -> None:
             kill_all_live()
@@ -134,15 +142,19 @@ class RealDriver:
                 self.coord.abort(self.now(), self.aborted)
             self._done.set()
         for sig in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(sig)
             try:
                 self._loop.add_signal_handler(sig, stop, sig)
-                self._trapped.append(sig)
+                self._trapped[sig] = previous
             except (ValueError, RuntimeError, NotImplementedError):
                 pass   # not the main thread: the caller's handlers apply
 
     def _untrap_signals(self) -> None:
-        for sig in getattr(self, "_trapped", ()):
-            self._loop.remove_signal_handler(sig)
+        import signal
+        for sig, previous in getattr(self, "_trapped", {}).items():
+            self._loop.remove_signal_handler(sig)   # resets to the default handler...
+            if previous is not None:
+                signal.signal(sig, previous)        # ...so put back the one found before
 
     def _spawn(self, coro) -> None:
         t = asyncio.ensure_future(coro)
