@@ -19,7 +19,7 @@ from typing import Any
 
 from events.store import DEFAULT_DB_PATH, Store, query_rows
 from experiments import analysis as A
-from experiments.runner import write_json_atomic
+from experiments.runner import fmt_num, text_table, write_json_atomic
 from shardtwin.errors import InputError
 
 
@@ -85,17 +85,7 @@ def _clean(x: Any) -> Any:
 
 
 def _f(v: Any, digits: int = 0) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def _table(headers: list[str], body: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in body)]
+    return fmt_num(v, digits)
 
 
 def report_tables(rep: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -142,7 +132,7 @@ def report_tables(rep: dict[str, Any]) -> list[tuple[str, list[str], list[list[s
 def report_text(rep: dict[str, Any]) -> str:
     lines = [f"{rep['model']}: {rep['runs_analysed']} finished run(s), source={rep['source']}"]
     for title, headers, body in report_tables(rep):
-        lines += ["", title, *_table(headers, body)]
+        lines += ["", title, *text_table(headers, body)]
     if "strategy_comparison" in rep:
         lines += ["", rep["strategy_comparison"]["recommendation_line"]]
     un = (rep.get("recovery") or {}).get("unattributed_detections") or []

@@ -55,6 +55,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _compare(sim: dict, real: dict, out) -> None:
+    from experiments.runner import fmt_num
+
     def g(d: dict, *path):
         for k in path:
             d = (d or {}).get(k) if isinstance(d, dict) else None
@@ -66,6 +68,4 @@ def _compare(sim: dict, real: dict, out) -> None:
     out(f"{'':22}{'sim (predicted)':>18}{'real (measured)':>18}\n")
     for label, path in rows:
         a, b = g(sim, *path), g(real, *path)
-        fa = "n/a" if a is None else f"{a:.1f}" if isinstance(a, float) else str(a)
-        fb = "n/a" if b is None else f"{b:.1f}" if isinstance(b, float) else str(b)
-        out(f"{label:22}{fa:>18}{fb:>18}\n")
+        out(f"{label:22}{fmt_num(a):>18}{fmt_num(b):>18}\n")

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from events.store import Store
-from experiments.runner import write_json_atomic
+from experiments.runner import fmt_num, write_json_atomic
 from shardtwin.errors import InputError
 
 
@@ -275,10 +275,6 @@ def cmd_distributed(args: argparse.Namespace) -> int:
     return 2 if any(r["rc"] == 2 for r in done) else 1
 
 
-def _f(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v)
-
-
 def _print(args: argparse.Namespace, s: dict[str, Any], path: Path) -> None:
     if args.json:
         sys.stdout.write(json.dumps(s, indent=2) + "\n")
@@ -291,7 +287,7 @@ def _print(args: argparse.Namespace, s: dict[str, Any], path: Path) -> None:
              f"{'lost':>5}  result"]
     for r in s["runs"]:
         lines.append(f"  {r['job']:>3} {r['worker']:>6} {r['model']:<28} {r['source'] or '':<6} "
-                     f"{r['test_case'] or '':<22} {r['level']:<9}{_f(r['latency_p50_ms']):>9} {_f(r['recovery_success_rate']):>9} "
+                     f"{r['test_case'] or '':<22} {r['level']:<9}{fmt_num(r['latency_p50_ms']):>9} {fmt_num(r['recovery_success_rate']):>9} "
                      f"{r['lost']:>5}  {'ok' if r['passed'] else 'FAILED'}")
     for j in s["jobs"]:
         if j["rc"] != 0:

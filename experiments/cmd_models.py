@@ -14,6 +14,7 @@ import argparse
 import json
 from typing import Any
 
+from experiments.runner import text_table
 from models.catalogue import ArchConfig, list_models
 from models.graph import total_params
 from models.partition import ShardPlan, ShardSpec, make_plan
@@ -47,10 +48,7 @@ def _arch_row(a: ArchConfig) -> dict[str, Any]:
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    fmt = lambda r: "  ".join(c.rjust(w) if i in right else c.ljust(w)  # noqa: E731
-                              for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+    return "\n".join(text_table(header, rows, right, rstrip=True))
 
 
 def cmd_models(args: argparse.Namespace) -> int:

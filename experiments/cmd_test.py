@@ -26,7 +26,7 @@ from events.store import DEFAULT_DB_PATH, Store
 from experiments import seedtest_metrics as xm
 from experiments import seedtest_run as xr
 from experiments.flags import add_scenario_flags, scenario_from_args
-from experiments.runner import summary_lines, write_json_atomic
+from experiments.runner import fmt_num, summary_lines, write_json_atomic
 from shardtwin.errors import InputError
 from shardtwin.vocab import ModelType, PlacementPolicy, WorkloadKind
 
@@ -312,13 +312,9 @@ def _mix_summary(sess: Session) -> None:
     sess.files.append(str(xr.write_result(sess.args.results_dir, summary, "summary")))
     if sess.progress:
         sys.stdout.write("model mix:\n" + "".join(
-            f"  {r['model']:<28} {r['source']:<4} p50 {_f(r['latency_p50_ms'])} ms, "
+            f"  {r['model']:<28} {r['source']:<4} p50 {fmt_num(r['latency_p50_ms'])} ms, "
             f"{r['requests']['completed']}/{r['requests']['submitted']} completed, "
             f"{'ok' if r['passed'] else 'FAILED'}\n" for r in rows))
-
-
-def _f(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.1f}"
 
 
 def _output(sess: Session) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from events.store import DEFAULT_DB_PATH, Store
 from experiments.flags import add_scenario_flags, scenario_from_args
+from experiments.runner import fmt_num
 from shardtwin.errors import InputError
 
 # The calibration micro-suite (real, wasm): what the fit needs, in <= ~5 minutes on 2 cores.
@@ -205,9 +206,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         out(format_table(cmp) + "\n")
         rep = reproducibility(store.con, real_id)
         if rep is not None:
-            g = lambda v: "n/a" if v is None else f"{v:.1f}%"  # noqa: E731
             out(f"real run-to-run (median over {rep['pairs']} ordered pairs of repeats): median latency "
-                f"{g(rep['median_err_pct'])}, p95 {g(rep['p95_err_pct'])}, recovery {g(rep['recovery_err_pct'])}: "
+                f"{fmt_num(rep['median_err_pct'], 1, '%')}, p95 {fmt_num(rep['p95_err_pct'], 1, '%')}, "
+                f"recovery {fmt_num(rep['recovery_err_pct'], 1, '%')}: "
                 "a prediction cannot be expected to come closer than this\n")
         for m in cmp.outcome_mismatches[:10]:
             out(f"  outcome differs for request {m['request_id']}: real {m['real_outcome']} ({m['real_reason']}), "
@@ -243,7 +244,7 @@ def validate_suite(args: argparse.Namespace, tol, out) -> int:
             bgs = [b for b in (background_of(store, r) for r in real_id) if b is not None]
             bg = sum(bgs) / len(bgs) if bgs else None
         ok &= c.passed
-        f = lambda v, nd=0: "n/a" if v is None else f"{v:.{nd}f}"  # noqa: E731
+        f = lambda v, nd=0: fmt_num(v, nd)  # noqa: E731
         faults = "; ".join(f"{x.type} {f(x.real_recovery_ms)} / {f(x.sim_recovery_ms)} ({f(x.recovery_err_pct, 1)}%)"
                            for x in c.faults) or "none"
         noise = "n/a" if rep is None else (f"{f(rep['median_err_pct'], 1)}% / {f(rep['p95_err_pct'], 1)}% / "

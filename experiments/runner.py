@@ -15,7 +15,7 @@ import tempfile
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Sequence
 
 from events.store import DEFAULT_DB_PATH, Store, host_info
 from shardtwin.errors import InputError
@@ -82,13 +82,33 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
     return p
 
 
+def fmt_num(v: Any, digits: int = 1, unit: str = "") -> str:
+    """'n/a' for None, a float with `digits` decimals, anything else as str; then `unit`."""
+    if v is None:
+        return "n/a"
+    return f"{v:.{digits}f}{unit}" if isinstance(v, float) else f"{v}{unit}"
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[int] | None = None,
+               rstrip: bool = False) -> list[str]:
+    """Lines of an aligned text table: header, dashes, rows; columns two spaces apart.
+    `right`: the right-aligned column indices (default: all but the first)."""
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        text = "  ".join(c.rjust(w) if (i in right if right is not None else i) else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+        return text.rstrip() if rstrip else text
+    return [line(headers), line(["-" * w for w in widths]), *map(line, rows)]
+
+
 def summary_lines(res: dict[str, Any]) -> list[str]:
     lat = res.get("latency_ms") or {}
     req = res.get("requests") or {}
     rm = res.get("recovery_metrics") or {}
 
     def f(v: Any, unit: str = "") -> str:
-        return "n/a" if v is None else (f"{v:.1f}{unit}" if isinstance(v, float) else f"{v}{unit}")
+        return fmt_num(v, 1, unit)
     lines = [
         f"[{res.get('source')}] {res.get('model_name')} x{res.get('shard_count')} {res.get('shard_type')} "
         f"run {res.get('run_id')}",

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import duckdb
 
 from events.store import query_rows
+from experiments.runner import fmt_num, text_table
 from shardtwin.errors import InputError
 
 
@@ -273,13 +274,9 @@ def reproducibility(con: duckdb.DuckDBPyConnection, real_runs: Sequence[str]) ->
 # --- presentation -------------------------------------------------------------------
 
 def _f(v: Any, nd: int = 1) -> str:
-    if v is None:
-        return "n/a"
     if isinstance(v, bool):
         return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
+    return fmt_num(v, nd)
 
 
 def table_rows(c: Comparison) -> list[tuple[str, str, str, str, str]]:
@@ -330,6 +327,4 @@ def format_table(c: Comparison, markdown: bool = False) -> str:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)
-    w = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
-    fmt = lambda r: "  ".join(v.ljust(w[i]) if i == 0 else v.rjust(w[i]) for i, v in enumerate(r))  # noqa: E731
-    return "\n".join([fmt(head), "  ".join("-" * x for x in w), *map(fmt, rows)])
+    return "\n".join(text_table(head, rows))
