@@ -59,6 +59,11 @@ class _Browser:
     killed: bool = False
     exit_reported: bool = False
 
+    @property
+    def live(self) -> bool:
+        """Its process (or join slot) is up and was not ended on command."""
+        return self.handle is not None and not self.killed and not self.handle.exited.is_set()
+
 
 @dataclass
 class RealDriver:
@@ -120,7 +125,7 @@ class RealDriver:
                         for t in list(self._tasks):
                             t.cancel()
                         for b, st in sorted(self.browsers.items()):
-                            if st.handle is not None and not st.killed and not st.handle.exited.is_set():
+                            if st.live:
                                 self.coord.handle(r.BrowserClosed(self.now(), browser=b), self.now())
                             st.killed = True
             finally:
@@ -249,10 +254,16 @@ class RealDriver:
         while not await h.wait_exited(3600.0):
             pass
         st = self.browsers.get(b)
-        if st is not None and st.handle is h and not st.killed and not st.exit_reported:
-            st.exit_reported = True
-            self.observe(r.BrowserExited(self.now(), browser=b, reason=getattr(h, "exit_reason", "process exited"),
-                                         incarnation=inc))
+        if st is not None and st.handle is h and not st.killed:
+            self._report_exit(b, st, h, inc)
+
+    def _report_exit(self, b: str, st: _Browser, h: BrowserHandle, inc: int) -> None:
+        """BrowserExited once per incarnation, whichever watcher (process or socket) sees it first."""
+        if st.exit_reported:
+            return
+        st.exit_reported = True
+        self.observe(r.BrowserExited(self.now(), browser=b, reason=getattr(h, "exit_reason", "process exited"),
+                                     incarnation=inc))
 
     def _kill(self, b: str) -> None:
         st = self.browsers.get(b)
@@ -309,10 +320,7 @@ class RealDriver:
         # A join slot has no process: its closed socket is all we can see, at once.
         if h is not None and not isinstance(h, JoinSlot) and await h.wait_exited(EXIT_GRACE_S) \
                 and st.handle is h and not st.killed:
-            if not st.exit_reported:
-                st.exit_reported = True
-                self.observe(r.BrowserExited(self.now(), browser=b, reason=getattr(h, "exit_reason", "process exited"),
-                                             incarnation=inc))
+            self._report_exit(b, st, h, inc)
         self.observe(r.ConnectionClosed(self.now(), browser=b, incarnation=inc))
 
     def _drop_finished_outputs(self) -> None:
@@ -326,7 +334,7 @@ class RealDriver:
             await asyncio.sleep(self.sample_every_s)
             self._drop_finished_outputs()
             for b, st in sorted(self.browsers.items()):
-                if st.handle is not None and not st.killed and not st.handle.exited.is_set():
+                if st.live:
                     try:
                         mb = st.handle.pss_mb()
                     except Exception:
@@ -348,10 +356,7 @@ class RealDriver:
                                        outputs=tuple(o.name for o in f.outputs))
         except WorkerGoneError:
             return
-        except WorkerReportedError as exc:
-            self.observe(r.ShardLoadFailed(self.now(), shard=cmd.shard, browser=cmd.browser, reason=str(exc)))
-            return
-        except Exception as exc:
+        except Exception as exc:   # the page's own report (WorkerReportedError) or anything else
             self.observe(r.ShardLoadFailed(self.now(), shard=cmd.shard, browser=cmd.browser, reason=str(exc)))
             return
         if ok.backend_used != ok.backend_requested:
@@ -375,13 +380,11 @@ class RealDriver:
                                              nbytes=float(_nbytes(feeds)), ms=t_sent - t_start, direction="in"))
             frame = await conn._await(fut, self.coord.s.request_timeout_ms / 1000.0,
                                       f"run req {cmd.request_id} shard {cmd.shard}")
-        except (WorkerGoneError, asyncio.TimeoutError):
-            return
         except WorkerReportedError as exc:
             self.observe(r.ShardFailed(self.now(), request_id=cmd.request_id, shard=cmd.shard, browser=cmd.browser,
                                        attempt=cmd.attempt, reason=exc.report.kind))
             return
-        except Exception:
+        except Exception:   # worker gone, timed out (RealRunError), ...: the coordinator's timers decide
             return
         self.outputs[(cmd.request_id, cmd.shard)] = dict(frame.tensors)
         self.observe(r.TransferCompleted(self.now(), request_id=cmd.request_id, shard=cmd.shard, browser=cmd.browser,
@@ -403,7 +406,7 @@ class RealDriver:
         kind = str(d.get("type"))
         b = fault_target(self.coord.st, ev)
         st = self.browsers.get(b) if b else None
-        live = st is not None and not st.killed and st.handle is not None and not st.handle.exited.is_set()
+        live = st is not None and st.live
         params = r.fault_params(d)
         self.observe(r.FaultInjected(self.now(), fault=kind, browser=b if live else None, shard=ev.shard,
                                      params=params))
@@ -452,7 +455,7 @@ class RealDriver:
 
         async def later() -> None:
             await asyncio.sleep(float(dur) / 1000.0)
-            if st.incarnation != inc or st.killed or st.handle is None or st.handle.exited.is_set():
+            if st.incarnation != inc or not st.live:
                 return
             if undo is not None:
                 try:
