@@ -170,10 +170,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         "model": args.model, "shards": args.shards, "shard_type": args.shard_type, "browsers": browsers,
         "backend": args.backend, "workload": {"kind": "iterations", "iterations": len(args.text),
                                               "batch_size": 1, "seq_len": args.seq_len}})
-    from real import shards as shards_mod
-    shards_mod.SENTENCES_OVERRIDE = tuple(args.text)
     run = run_real(scenario, headed=args.headed, launcher=args.launcher, timeout_s=args.timeout,
-                   remote=remote_options(args, scenario, named), profile=DEFAULT_PROFILE)
+                   remote=remote_options(args, scenario, named), profile=DEFAULT_PROFILE, texts=tuple(args.text))
     ref = reference_embedding(list(args.text), args.model, seq_len=args.seq_len)
     out = []
     used = _backends_used(run, args.backend)

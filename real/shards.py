@@ -2,7 +2,7 @@
 
 Rules: shard files are exported once per (model, units, shape, weights) and cached
 (models.onnx_export); a request's input tensors are deterministic in (seed, request id):
-real tokenised text for the BERT family (a fixed sentence list, cycled), seeded
+real tokenised text for the BERT family (a fixed sentence list or the caller's texts, cycled), seeded
 synthetic pixels / audio features otherwise. Outputs of finished requests are kept only
 for the correctness check (the first `keep` requests).
 """
@@ -28,7 +28,6 @@ SENTENCES = (
     "A man is riding a horse.", "A woman is playing violin.", "Two men pushed carts through the woods.",
     "A man is riding a white horse on an enclosed ground.", "A monkey is playing drums.",
 )
-SENTENCES_OVERRIDE: tuple[str, ...] | None = None   # `shardtwin infer` sets the user's texts
 REAL_FAMILIES = ("bert", "roberta", "distilbert", "vit", "deit", "whisper")
 
 
@@ -127,7 +126,9 @@ class ShardSet:
             self.results[q] = outputs
 
 
-def prepare_shards(plan: ShardPlan, seed: int = 0) -> ShardSet:
+def prepare_shards(plan: ShardPlan, seed: int = 0, texts: tuple[str, ...] | None = None) -> ShardSet:
+    """`texts`: the sentences requests carry, cycled (None or empty: SENTENCES; `shardtwin infer` passes
+    the user's)."""
     from models.catalogue import get_model
     arch = get_model(plan.model)
     if arch.family not in REAL_FAMILIES:
@@ -140,4 +141,4 @@ def prepare_shards(plan: ShardPlan, seed: int = 0) -> ShardSet:
     except PlanError:
         raise
     return ShardSet(plan, list(files), out, weights_source(arch, seed), seed=seed,
-                    texts=SENTENCES_OVERRIDE or SENTENCES)
+                    texts=tuple(texts) if texts else SENTENCES)
