@@ -20,6 +20,7 @@ Rules:
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -154,9 +155,14 @@ ORDER BY 1
 """
 
 
+def _run_ids(runs: str | Sequence[str]) -> list[str]:
+    """One run id or several, as a list."""
+    return [runs] if isinstance(runs, str) else list(runs)
+
+
 def run_summary(con: duckdb.DuckDBPyConnection, run_id: str | Sequence[str]) -> dict[str, Any]:
     """Latency summary of one run, or of the pooled requests of several runs (an ensemble)."""
-    ids = [run_id] if isinstance(run_id, str) else list(run_id)
+    ids = _run_ids(run_id)
     s = query_rows(con, LATENCY_SUMMARY, [ids])[0]
     rps = [r for r in (query_rows(con, THROUGHPUT, [i, i])[0]["rps"] for i in ids) if r is not None]
     s["throughput_rps"] = sum(rps) / len(rps) if rps else None
@@ -172,7 +178,7 @@ def paired_requests(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str)
 
 def check_same_scenario(con: duckdb.DuckDBPyConnection, real_run: str, sim_run: str | Sequence[str]) -> str:
     """The scenario hash shared by `real_run` and every run in `sim_run`, else InputError."""
-    others = [sim_run] if isinstance(sim_run, str) else list(sim_run)
+    others = _run_ids(sim_run)
     rows = dict(con.execute("SELECT run_id, scenario_hash FROM runs WHERE list_contains(?::VARCHAR[], run_id)",
                             [[real_run, *others]]).fetchall())
     for r in (real_run, *others):
@@ -193,8 +199,8 @@ FROM fault_recovery WHERE list_contains(?::VARCHAR[], run_id)
 
 
 def _median(vals: list[float | None]) -> float | None:
-    v = sorted(x for x in vals if x is not None)
-    return None if not v else (v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2)
+    v = [x for x in vals if x is not None]
+    return statistics.median(v) if v else None
 
 
 def fault_summary(con: duckdb.DuckDBPyConnection, runs: Sequence[str]) -> dict[tuple, dict[str, Any]]:
@@ -231,8 +237,7 @@ def compare(con: duckdb.DuckDBPyConnection, real_run: str | Sequence[str], sim_r
             tolerance: Tolerance = Tolerance(), require_same_scenario: bool = True) -> Comparison:
     """The full comparison of stored runs of one scenario: one real run or several (repeats), one
     sim run or an ensemble of seeds (see module rules)."""
-    reals = [real_run] if isinstance(real_run, str) else list(real_run)
-    sims = [sim_run] if isinstance(sim_run, str) else list(sim_run)
+    reals, sims = _run_ids(real_run), _run_ids(sim_run)
     if not reals or not sims:
         raise InputError("compare needs at least one run on each side")
     if require_same_scenario:
@@ -240,12 +245,10 @@ def compare(con: duckdb.DuckDBPyConnection, real_run: str | Sequence[str], sim_r
     real_run, sim_run = reals[0], sims[0]
     real, sim = run_summary(con, reals), run_summary(con, sims)
     pairs = paired_requests(con, real_run, sim_run)
-    errs = sorted(e for p in pairs if p["real_outcome"] == "completed" == p["sim_outcome"]
-                  for e in [pct_err(p["sim_ms"], p["real_ms"])] if e is not None)
+    errs = [pct_err(p["sim_ms"], p["real_ms"]) for p in pairs if p["real_outcome"] == "completed" == p["sim_outcome"]]
     mism = [p for p in pairs if (p["real_outcome"], p["real_reason"]) != (p["sim_outcome"], p["sim_reason"])]
     agree = 100.0 * (len(pairs) - len(mism)) / len(pairs) if pairs else 100.0
-    per_req = (errs[len(errs) // 2] if len(errs) % 2 else (errs[len(errs) // 2 - 1] + errs[len(errs) // 2]) / 2) \
-        if errs else None
+    per_req = _median(errs)
     return Comparison(real_run, sim_run, tolerance, real, sim,
                       pct_err(sim["median_ms"], real["median_ms"]), pct_err(sim["p95_ms"], real["p95_ms"]),
                       per_req, pct_err(sim["throughput_rps"], real["throughput_rps"]), agree, mism,
