@@ -29,6 +29,7 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -351,7 +352,7 @@ class RealDriver:
         f = self.shards.file(cmd.shard)
         t = self.now()
         try:
-            ok = await conn.load_shard(cmd.shard, self.server.shard_url(f.path.name), self.backend, timeout=300.0,
+            ok = await conn.load_shard(cmd.shard, self.server.shard_url(Path(f.path).name), self.backend, timeout=300.0,
                                        inputs=tuple(i.name for i in f.inputs),
                                        outputs=tuple(o.name for o in f.outputs))
         except WorkerGoneError:

@@ -10,18 +10,18 @@ for the correctness check (the first `keep` requests).
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from models.fetch_weights import cache_root
 from models.onnx_builder import chain_feeds
 from models.onnx_export import ShardFile, export_plan_shards
 from models.partition import ShardPlan
 from models.weights import weights_source
-from shardtwin.errors import InputError, PlanError
+from shardtwin.errors import InputError
 
 SENTENCES = (
     "A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
@@ -39,8 +39,7 @@ def _tokenizer():
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SHARDTWIN_CACHE") or str(Path(__file__).resolve().parent.parent / ".cache" / "shardtwin")
-    return Path(root) / "shards"
+    return cache_root() / "shards"
 
 
 @dataclass
@@ -56,10 +55,7 @@ class ShardSet:
     _inputs: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def file(self, shard: int) -> ShardFile:
-        f = self.files[shard]
-        if not isinstance(f.path, Path):
-            object.__setattr__(f, "path", Path(f.path))
-        return f
+        return self.files[shard]
 
     def request_inputs(self, q: int) -> dict[str, np.ndarray]:
         """Memoised per request (every shard run of a request asks; tokenising costs ~8-25 ms)."""
@@ -84,7 +80,7 @@ class ShardSet:
                 continue
             if info.dtype == "float32":
                 out[n] = rng.standard_normal(info.shape).astype(np.float32)
-            elif n not in out:
+            else:
                 out[n] = rng.integers(0, 1000, info.shape).astype(np.int64)
         return out
 
@@ -95,13 +91,14 @@ class ShardSet:
     def embedding(self, q: int) -> np.ndarray | None:
         """Request q's sentence embedding from the browsers' last shard output: mean-pooled over
         the attention mask, L2-normalised (None when the request's outputs were not kept)."""
+        from models.reference import mean_pool
         outs = self.results.get(q)
         if not outs:
             return None
-        hidden = np.asarray(outs[max(outs)]["hidden"], dtype=np.float64)[0]
-        mask = np.asarray(self.request_inputs(q)["attention_mask"], dtype=np.float64)[0]
-        emb = (hidden * mask[:, None]).sum(0) / max(mask.sum(), 1.0)
-        return emb / np.linalg.norm(emb)
+        hidden = np.asarray(outs[max(outs)]["hidden"], dtype=np.float64)[:1]
+        mask = np.asarray(self.request_inputs(q)["attention_mask"], dtype=np.float64)[:1]
+        emb = mean_pool(hidden, mask, normalize=False)[0]
+        return emb / np.linalg.norm(emb)   # mean_pool's row-wise norm can differ in the last bit
 
     def reference_cosines(self) -> dict[int, float]:
         """Kept request -> cosine of its browser embedding against unsharded onnxruntime."""
@@ -135,10 +132,7 @@ def prepare_shards(plan: ShardPlan, seed: int = 0, texts: tuple[str, ...] | None
         raise InputError(f"real execution builds ONNX shards for the {', '.join(REAL_FAMILIES)} families; "
                          f"{plan.model} ({arch.family}) runs in sim only (use shardtwin sim or --mode sim)")
     out = cache_dir()
-    try:
-        files = export_plan_shards(plan.model, [list(s.units) for s in plan.shards], out,
-                                   batch_size=plan.batch_size, seq_len=plan.seq_len, seed=seed)
-    except PlanError:
-        raise
+    files = export_plan_shards(plan.model, [list(s.units) for s in plan.shards], out,
+                               batch_size=plan.batch_size, seq_len=plan.seq_len, seed=seed)
     return ShardSet(plan, list(files), out, weights_source(arch, seed), seed=seed,
                     texts=tuple(texts) if texts else SENTENCES)
