@@ -150,12 +150,7 @@ class BrowserHandle:
 
     async def set_cpu_throttle(self, rate: float) -> None:
         """Chromium only (CDP Emulation.setCPUThrottlingRate; 1 = off), either launcher."""
-        if self._cdp is None:
-            raise RealRunError(f"{self.id}: CPU throttling needs chromium (CDP); {self.kind} has none")
-        try:
-            await self._cdp.send("Emulation.setCPUThrottlingRate", {"rate": float(rate)})
-        except Exception as exc:  # Playwright raises its own Error types
-            raise RealRunError(f"{self.id}: CPU throttling failed: {exc}") from exc
+        await set_cpu_throttle(self._cdp, self.id, self.kind, rate)
 
     async def wait_exited(self, timeout: float) -> bool:
         return await wait_set(self.exited, timeout)
@@ -191,6 +186,17 @@ class BrowserHandle:
         self.kill()  # children never outlive the main process
         self._swept = True
         _forget(self)
+
+
+async def set_cpu_throttle(cdp: Any, browser_id: str, kind: str, rate: float) -> None:
+    """CDP Emulation.setCPUThrottlingRate (1 = off) on a browser's CDP session (None: not chromium);
+    every failure is a RealRunError. Local handles and Playwright-connected ones share it."""
+    if cdp is None:
+        raise RealRunError(f"{browser_id}: CPU throttling needs chromium (CDP); {kind} has none")
+    try:
+        await cdp.send("Emulation.setCPUThrottlingRate", {"rate": float(rate)})
+    except Exception as exc:  # Playwright raises its own Error types
+        raise RealRunError(f"{browser_id}: CPU throttling failed: {exc}") from exc
 
 
 def _alive(pid: int) -> bool:

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from real.browsers import wait_set
+from real.browsers import set_cpu_throttle, wait_set
 from shardtwin.errors import BrowserUnavailableError, InputError, RealRunError
 
 CRASH_CODE = 4002    # close code of an in-page browser_crash on a join slot
@@ -215,12 +215,7 @@ class ConnectedBrowser(_RemoteBase):
                 await asyncio.wait_for(asyncio.shield(self._closing), timeout)
 
     async def set_cpu_throttle(self, rate: float) -> None:
-        if self._cdp is None:
-            raise RealRunError(f"{self.id}: CPU throttling needs chromium (CDP); {self.kind} has none")
-        try:
-            await self._cdp.send("Emulation.setCPUThrottlingRate", {"rate": float(rate)})
-        except Exception as exc:
-            raise RealRunError(f"{self.id}: CPU throttling failed: {exc}") from exc
+        await set_cpu_throttle(self._cdp, self.id, self.kind, rate)
 
 
 async def connect_browser(pw: Any, kind: str, endpoint: str, url: str, browser_id: str,
