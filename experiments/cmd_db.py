@@ -14,18 +14,18 @@ from events.store import DEFAULT_DB_PATH, Store
 def _runs(args: argparse.Namespace) -> int:
     with Store(args.db) as st:
         rows = st.runs()
+        counts = dict(st.con.execute("SELECT run_id, count(*) FROM events GROUP BY run_id").fetchall())
         print(f"{'run_id':<32} {'source':<6} {'status':<9} {'scenario':<16} {'seed':>6} {'started_at (UTC)':<26} events")
         for r in rows:
-            n = st.query("SELECT count(*) AS n FROM events WHERE run_id = ?", [r.run_id])[0]["n"]
             print(f"{r.run_id:<32} {r.source.value:<6} {r.status:<9} {r.scenario_hash:<16} {r.seed:>6} "
-                  f"{r.started_at.isoformat(sep=' '):<26} {n}")
+                  f"{r.started_at.isoformat(sep=' '):<26} {counts.get(r.run_id, 0)}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     with Store(args.db) as st:
         path = st.export_run(args.run_id, args.output)
-        n = len(st.run_events(args.run_id).events)
+        n = st.query("SELECT count(*) AS n FROM events WHERE run_id = ?", [args.run_id])[0]["n"]
     print(f"wrote {path} ({n} events of run {args.run_id})")
     return 0
 
