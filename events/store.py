@@ -377,12 +377,16 @@ class Store:
         return query_rows(self.con, sql, params)
 
     # --- profiles ---
+    def next_profile_version(self, name: str) -> int:
+        """The version the next profile saved under `name` gets (1 for a new name)."""
+        return int(self.con.execute("SELECT coalesce(max(version), 0) + 1 FROM profiles WHERE name = ?",
+                                    [name]).fetchone()[0])
+
     def save_profile(self, name: str, data: Mapping[str, Any], residuals: Mapping[str, Any] | None = None,
                      version: int | None = None) -> StoredProfile:
         """Store a calibration profile; version defaults to the next one for this name."""
         if version is None:
-            version = self.con.execute("SELECT coalesce(max(version), 0) + 1 FROM profiles WHERE name = ?",
-                                       [name]).fetchone()[0]
+            version = self.next_profile_version(name)
         prof = StoredProfile(uuid.uuid4().hex, name, int(version), utcnow(), dict(data),
                              None if residuals is None else dict(residuals))
         try:

@@ -613,8 +613,8 @@ def calibrate(store: Store, run_ids: list[str] | None = None, base: Profile = DE
         run_ids = [r.run_id for r in store.runs(source=source, status="finished")]
     if not run_ids:
         raise InputError(f"no finished {source} runs in {store.path}; run `shardtwin calibrate --collect` first")
-    version = store.query("SELECT coalesce(max(version), 0) + 1 AS v FROM profiles WHERE name = ?", [name])[0]["v"]
-    prof = fit_profile([extract(store, r) for r in run_ids], base, name, int(version), main_thread=source == "real")
+    version = store.next_profile_version(name)
+    prof = fit_profile([extract(store, r) for r in run_ids], base, name, version, main_thread=source == "real")
     store.save_profile(name, prof.to_dict(), prof.residuals, version=prof.version)
     return prof
 
