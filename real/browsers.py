@@ -96,7 +96,6 @@ class BrowserHandle:
     profile_dir: Path
     launched_at: float  # time.monotonic() when launch began
     exited: asyncio.Event = field(default_factory=asyncio.Event)
-    exited_at: float | None = None
     _proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
     _context: Any = field(default=None, repr=False)
     _cdp: Any = field(default=None, repr=False)
@@ -180,7 +179,6 @@ class BrowserHandle:
         else:
             while _alive(self.pid):
                 await asyncio.sleep(0.02)
-        self.exited_at = time.monotonic()
         self.exited.set()
         await asyncio.sleep(0)  # waiters observe the exit first; the sweep below takes a scan
         self.kill()  # children never outlive the main process

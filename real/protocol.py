@@ -25,7 +25,7 @@ import math
 import struct
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import IntEnum
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
 import numpy as np
 
@@ -308,8 +308,3 @@ def decode_control(text: str, allowed: tuple[type, ...] = FROM_WORKER) -> Contro
         if not isinstance(value, ok) or (isinstance(value, bool) and bool not in ok):
             raise ProtocolError(f"{cls.TYPE}.{name}: got {type(value).__name__}, expected {f.type}")
     return cls(**body)
-
-
-def json_safe(value: Any) -> Any:
-    """Reduce capability blobs etc. to plain JSON types (for event detail)."""
-    return json.loads(json.dumps(value, default=str))

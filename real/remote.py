@@ -115,13 +115,11 @@ class _RemoteBase:
         self.kind, self.id = kind, browser_id
         self.launched_at = time.monotonic()
         self.exited = asyncio.Event()
-        self.exited_at: float | None = None
         self.exit_reason = "remote browser gone"
 
     def _end(self, reason: str) -> None:
         if not self.exited.is_set():
             self.exit_reason = reason
-            self.exited_at = time.monotonic()
             self.exited.set()
 
     async def wait_exited(self, timeout: float) -> bool:
@@ -144,7 +142,7 @@ class JoinSlot(_RemoteBase):
 
     def __init__(self, kind: str, browser_id: str, server: Any, timeout_s: float, rejoin: bool) -> None:
         super().__init__(kind, browser_id)
-        self.server, self.rejoin = server, rejoin
+        self.server = server
         self._secret, self.url = server.issue_join(browser_id)
         self.conn: Any = None
         self.closed_with: int | None = None

@@ -229,15 +229,15 @@ class WorkerConnection:
 
 
 class WorkerServer:
-    """async with WorkerServer(shard_dir, secret) as srv: srv.worker_url(id) -> page URL.
+    """async with WorkerServer(shard_dir, secret, on_event=f) as srv: srv.worker_url(id) -> page URL.
 
-    Events go to `on_event(event)` if given, else into the `events` queue.
+    Events go to `on_event(event)`.
     `connections` maps browser id -> the live WorkerConnection.
     """
 
-    def __init__(self, shard_dir: str | Path, secret: str, *, heartbeat_interval_ms: float = 250.0,
+    def __init__(self, shard_dir: str | Path, secret: str, *, on_event: Callable[[ServerEvent], None],
+                 heartbeat_interval_ms: float = 250.0,
                  max_msg_bytes: int = 64 << 20, hello_timeout_s: float = 15.0, close_timeout_s: float = 1.0,
-                 on_event: Callable[[ServerEvent], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, host: str = "127.0.0.1",
                  public_host: str | None = None) -> None:
         if not secret:
@@ -250,8 +250,7 @@ class WorkerServer:
         self.close_timeout_s = close_timeout_s  # a hung page never answers a close frame
         self._closers: set[asyncio.Task] = set()
         self.clock = clock
-        self.events: asyncio.Queue[ServerEvent] = asyncio.Queue()
-        self._on_event = on_event or self.events.put_nowait
+        self._on_event = on_event
         self.connections: dict[str, WorkerConnection] = {}
         self._seen: set[str] = set()
         self._runner: web.AppRunner | None = None
