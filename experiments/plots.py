@@ -28,7 +28,8 @@ MARK_STYLE = {  # kind: (marker, colour, label, height above the lane centre)
 SOURCE_STYLE = {"sim": "-", "real": "--"}
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write as PNG at 110 dpi, close; returns `path`."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -63,7 +64,7 @@ def latency_cdf(lat: list[dict[str, Any]], model: str, path: Path) -> Path:
     ax.set_ylabel("fraction of completed requests")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def recovery_bars(by: list[dict[str, Any]], model: str, path: Path) -> Path:
@@ -91,7 +92,7 @@ def recovery_bars(by: list[dict[str, Any]], model: str, path: Path) -> Path:
         else:
             _empty(ax, "injected faults")
     fig.suptitle(f"{model}: fault detection and recovery (successful recoveries only on the right)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def timeline(tl: dict[str, Any], title: str, path: Path) -> Path:
@@ -142,7 +143,7 @@ def timeline(tl: dict[str, Any], title: str, path: Path) -> Path:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     else:
         _empty(ax, "browser activity")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def memory(series: dict[str, Any], ends: dict[str, float], end_ms: float, title: str, path: Path) -> Path:
@@ -162,4 +163,4 @@ def memory(series: dict[str, Any], ends: dict[str, float], end_ms: float, title:
     ax.set_ylabel("memory (MB)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)

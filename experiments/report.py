@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.plots import save_figure  # noqa: E402
 from experiments.validate import Comparison, column_labels, paired_requests, table_rows  # noqa: E402
 from shardtwin.errors import InputError  # noqa: E402
 
@@ -43,9 +44,7 @@ def _scatter(pairs: list[dict], path: Path) -> None:
     ax.set_title("Per-request latency: predicted vs observed")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _cdf(pairs: list[dict], path: Path) -> None:
@@ -64,9 +63,7 @@ def _cdf(pairs: list[dict], path: Path) -> None:
     ax.set_title("Latency CDF")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _timeline(c: Comparison, path: Path) -> None:
@@ -93,9 +90,7 @@ def _timeline(c: Comparison, path: Path) -> None:
         ax.grid(axis="x", alpha=0.3)
         ax.set_xlim(0, max(((f.real_detection_ms or 0) + (f.real_recovery_ms or 0)),
                            ((f.sim_detection_ms or 0) + (f.sim_recovery_ms or 0)), 1.0) * 1.6)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(con: duckdb.DuckDBPyConnection, c: Comparison, directory: str | Path) -> Path:
