@@ -130,8 +130,8 @@ def make_jobs(args: argparse.Namespace, argv: list[str], ns: argparse.Namespace)
 class Pool:
     """N worker slots; each job is one subprocess of `shardtwin test` on a free slot."""
 
-    def __init__(self, n: int, workdir: Path, progress: bool) -> None:
-        self.n, self.workdir, self.progress = n, workdir, progress
+    def __init__(self, n: int, workdir: Path) -> None:
+        self.workdir = workdir
         self.slots = list(range(n))
         self.lock = threading.Lock()
         self.procs: dict[int, subprocess.Popen] = {}
@@ -168,7 +168,7 @@ def _pythonpath() -> str:
 
 
 def run_local(jobs: list[list[str]], n: int, workdir: Path, progress: bool) -> list[dict[str, Any]]:
-    pool = Pool(n, workdir, progress)
+    pool = Pool(n, workdir)
     done: list[dict[str, Any]] = []
     t0 = time.monotonic()
     ex = ThreadPoolExecutor(max_workers=n)
