@@ -138,7 +138,7 @@ class SerialRunner:
         self.close()
 
 
-def _noop() -> int:
+def _worker_pid(_: int) -> int:
     return os.getpid()
 
 
@@ -152,7 +152,7 @@ class LocalPoolRunner:
         ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
         self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
         # Start every worker now, before the caller opens DuckDB or starts threads (fork safety).
-        list(self._pool.map(_noop_star, range(self.workers)))
+        list(self._pool.map(_worker_pid, range(self.workers)))
 
     def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
         chunk = self.chunksize or max(1, min(16, len(tasks) // (self.workers * 8)))
@@ -166,10 +166,6 @@ class LocalPoolRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _noop_star(_: int) -> int:
-    return _noop()
 
 
 def make_runner(workers: int | None, ray: str | None = None) -> Runner:
