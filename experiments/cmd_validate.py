@@ -281,7 +281,7 @@ def collect(db: str, suite=COLLECT_SUITE, budget_s: float = COLLECT_BUDGET_S, ou
     return ids
 
 
-def _load_line(prof, bp) -> str:
+def _load_line(bp) -> str:
     if bp.load_ms is not None and bp.load_ms_per_mb is not None:
         return f"{bp.load_ms:.0f} ms + {bp.load_ms_per_mb:.2f} ms/MB"
     return f"x{bp.load_scale:.2f} of the pooled line"
@@ -313,7 +313,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"{w.elementwise_gflops:.2f}, overhead {w.run_overhead_ms:.1f} ms/run (n={r['n']}, rmse "
             f"{r.get('rmse_ms', 0):.1f} ms, median |err| {r.get('median_abs_pct', 0):.1f}%); hop "
             f"{bp.hop_overhead_ms:.1f} ms, warmup x{bp.warmup_factor:.2f} (1/e after {bp.warmup_runs:g} runs), page init {bp.page_init_ms:.0f} ms, launch {bp.launch_ms:.0f}"
-            f"+-{bp.launch_sd_ms:.0f} ms, load {_load_line(prof, bp)}, crash notice {bp.close_notice_ms:.0f} ms\n")
+            f"+-{bp.launch_sd_ms:.0f} ms, load {_load_line(bp)}, crash notice {bp.close_notice_ms:.0f} ms\n")
     out(f"  link {prof.link_mb_per_s:.0f} MB/s; load {prof.session_create_ms:.0f} ms + "
         f"{prof.session_create_ms_per_mb:.1f} ms/MB; background {prof.background_cores:.2f} cores; "
         f"compute cv {prof.compute_cv:.3f}; heartbeat extra p50 "
