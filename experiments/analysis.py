@@ -59,11 +59,12 @@ SELECT l.*, a.shard_type, a.shard_count, a.recovery_strategy, a.fault_tolerance_
 FROM request_latency l JOIN analysis_runs a USING (run_id)
 """
 
-_LAT = """count(*) FILTER (WHERE {c}) AS n,
-  avg(latency_ms) FILTER (WHERE {c}) AS mean, quantile_cont(latency_ms, 0.5) FILTER (WHERE {c}) AS p50,
-  quantile_cont(latency_ms, 0.95) FILTER (WHERE {c}) AS p95,
-  quantile_cont(latency_ms, 0.99) FILTER (WHERE {c}) AS p99, max(latency_ms) FILTER (WHERE {c}) AS max"""
-LATENCY_COLS = _LAT.format(c="outcome = 'completed'")
+_DONE = "FILTER (WHERE outcome = 'completed')"
+LATENCY_COLS = f"""count(*) {_DONE} AS n,
+  avg(latency_ms) {_DONE} AS mean, quantile_cont(latency_ms, 0.5) {_DONE} AS p50,
+  quantile_cont(latency_ms, 0.95) {_DONE} AS p95,
+  quantile_cont(latency_ms, 0.99) {_DONE} AS p99, max(latency_ms) {_DONE} AS max"""
+_LAT_COLS = LATENCY_COLS.replace(" AS ", " AS lat_")     # the same, named lat_*
 _SEL = "list_contains($ids, run_id)"
 
 
@@ -118,7 +119,7 @@ WITH req AS (
   SELECT run_id, count(*) FILTER (WHERE submitted_ms IS NOT NULL) AS req_submitted,
     count(*) FILTER (WHERE outcome = 'completed') AS req_completed,
     count(*) FILTER (WHERE outcome = 'failed') AS req_failed, count(*) FILTER (WHERE outcome IS NULL) AS req_lost,
-    {_LAT.format(c="outcome = 'completed'").replace(" AS ", " AS lat_")}
+    {_LAT_COLS}
   FROM request_latency WHERE {_SEL} GROUP BY run_id),
 span AS (
   SELECT run_id, min(t_ms) FILTER (WHERE kind = 'workload_started') AS ws,
@@ -171,7 +172,7 @@ def per_run(con, ids: list[str]) -> list[dict[str, Any]]:
 
 PER_GROUP = f"""
 WITH pr AS ({{per_run}}),
-lat AS (SELECT {', '.join(GROUP_KEYS)}, {LATENCY_COLS.replace(' AS ', ' AS lat_')}
+lat AS (SELECT {', '.join(GROUP_KEYS)}, {_LAT_COLS}
         FROM analysis_requests WHERE {_SEL} GROUP BY ALL)
 SELECT {', '.join(GROUP_KEYS)}, count(*) AS runs, list(run_id ORDER BY run_id) AS run_ids,
   sum(req_submitted) AS req_submitted, sum(req_completed) AS req_completed, sum(req_failed) AS req_failed,
