@@ -13,10 +13,9 @@ import sys
 
 import numpy as np
 
-from events.metrics import seed_result
-from events.store import host_info
+from events.store import Store
 from experiments.flags import add_scenario_flags, scenario_from_args
-from experiments.runner import add_output_flags, emit_result, open_store
+from experiments.runner import add_output_flags, emit_result, real_extras, run_real_stored
 from shardtwin.errors import InputError
 
 
@@ -94,29 +93,14 @@ def remote_options(args: argparse.Namespace, scenario, named: tuple[int, ...] = 
 def real_and_store(scenario, db: str, headed=False, launcher="auto", timeout_s=600.0, remote=None,
                    profile=None) -> dict:
     """`profile` configures the run's placement as the simulator's (None: sim.profile.DEFAULT_PROFILE)."""
-    from real.run import run_real
     from sim.profile import DEFAULT_PROFILE
-    with open_store(db) as store:
-        run_id = store.begin_run("real", scenario, "real", scenario.seed, host_info())
-        holder: dict = {}
-        try:
-            run = run_real(scenario, run_id=run_id, headed=headed, launcher=launcher, timeout_s=timeout_s,
-                           on_log=lambda log: holder.setdefault("log", log), remote=remote,
-                           profile=profile if profile is not None else DEFAULT_PROFILE)
-        except BaseException:
-            if "log" in holder:
-                store.abort_run(run_id, holder["log"], reason="interrupted or failed")
-            else:
-                store.abort_run(run_id, reason="failed before any event")
-            raise
-        res = seed_result(run.log, scenario, run.plan, run.coordinator.s,
-                          extra={"weights": run.shards.weights, "backend_requested": str(scenario.backend),
-                                 "aborted": run.aborted, **_remote_extra(run, remote)})
-        if run.aborted:
-            store.abort_run(run_id, run.log, reason=run.aborted)
-        else:
-            store.finish_run(run_id, run.log, res)
-    return res
+    with Store(db) as store:
+        stored = run_real_stored(store, scenario, extra=lambda run: {**real_extras(run, scenario),
+                                                                     **_remote_extra(run, remote)},
+                                 headed=headed, launcher=launcher, timeout_s=timeout_s, remote=remote,
+                                 profile=profile if profile is not None else DEFAULT_PROFILE)
+        stored.finish()
+    return stored.result
 
 
 def _remote_extra(run, remote) -> dict:
@@ -144,7 +128,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if Path(args.target).is_file():
         scenario = load_scenario(args.target)
     else:
-        with open_store(args.db) as store:
+        with Store(args.db) as store:
             scenario = store.load_scenario(store.run(args.target).scenario_hash)
     results = []
     if args.mode in ("sim", "both"):

@@ -29,7 +29,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import psutil
@@ -214,9 +214,8 @@ def run_soak(s: Scenario, db: str, sample_every: float = 1.0, launcher: str = "a
 
 def _run_soak(s: Scenario, db: str, sample_every: float, launcher: str, timeout_s: float | None) -> dict[str, Any]:
     import real.browsers as browsers
-    from events.metrics import seed_result
-    from events.store import Store, host_info
-    from real.run import run_real
+    from events.store import Store
+    from experiments.runner import run_real_stored
     from sim.profile import DEFAULT_PROFILE
 
     sampler = Sampler(sample_every, browsers.MARKER_PREFIX)
@@ -224,27 +223,22 @@ def _run_soak(s: Scenario, db: str, sample_every: float, launcher: str, timeout_
     def on_server(server: Any) -> None:
         sampler.t0 = time.monotonic()   # the driver's clock started a few ms earlier (server start)
 
-    with Store(db) as store:   # opened (and checked writable) before any browser starts
-        run_id = store.begin_run("real", s, "real", s.seed, host_info())
-        holder: dict = {}
+    @contextlib.contextmanager
+    def sampling() -> Iterator[None]:
         sampler.start()
         try:
-            run = run_real(s, run_id=run_id, launcher=launcher, on_coordinator=sampler.attach, on_server=on_server,
-                           timeout_s=timeout_s or s.workload.duration_s + 300.0,
-                           on_log=lambda log: holder.setdefault("log", log), profile=DEFAULT_PROFILE)
-        except BaseException:
-            sampler.stop.set()
-            store.abort_run(run_id, holder.get("log", ()), reason="interrupted or failed")
-            raise
+            yield
         finally:
             sampler.stop.set()
             sampler.join(10)
-        res = seed_result(run.log, s, run.plan, run.coordinator.s,
-                          extra={"weights": run.shards.weights, "aborted": run.aborted})
-        if run.aborted:
-            store.abort_run(run_id, run.log, reason=run.aborted)
-        else:
-            store.finish_run(run_id, run.log, res)
+
+    with Store(db) as store:   # opened (and checked writable) before any browser starts
+        stored = run_real_stored(store, s, extra=lambda run: {"weights": run.shards.weights, "aborted": run.aborted},
+                                 around=sampling(), launcher=launcher, on_coordinator=sampler.attach,
+                                 on_server=on_server, timeout_s=timeout_s or s.workload.duration_s + 300.0,
+                                 profile=DEFAULT_PROFILE)
+        stored.finish()
+    res, run = stored.result, stored.run
     time.sleep(0.5)   # the pool ended every browser; give the kernel a moment to reap
     left = sorted(set(browsers.leftover_browser_pids()) | set(still_alive(sampler.seen)))
     return report(s, res, run, sampler, left)

@@ -15,7 +15,7 @@ import tempfile
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 from events.store import DEFAULT_DB_PATH, Store, host_info
 from shardtwin.errors import InputError
@@ -55,6 +55,33 @@ def run_sim_stored(store: Store, scenario, profile, seed: int | None = None,
         store.abort_run(run_id, reason="simulation error")
         raise
     return StoredRun(store, run_id, run, sim_result(run, scenario, profile))
+
+
+def real_extras(run, scenario) -> dict[str, Any]:
+    """The extras every real result carries (besides the seed guide's fields)."""
+    return {"weights": run.shards.weights, "backend_requested": str(scenario.backend), "aborted": run.aborted}
+
+
+def run_real_stored(store: Store, scenario, extra: Callable[[Any], dict[str, Any]] | None = None,
+                    around: AbstractContextManager | None = None, **run_real_kwargs: Any) -> StoredRun:
+    """Register a real run in `store`, run it in real browsers (real.run.run_real with
+    `run_real_kwargs`, inside `around`) and compute its result with `extra(run)` as extras
+    (default: real_extras). A failure marks the run aborted with the events logged so far.
+    The caller writes it with `.finish()` (aborted when the executor says the run was)."""
+    from events.metrics import seed_result
+    from real.run import run_real
+    run_id = store.begin_run("real", scenario, "real", scenario.seed, host_info())
+    holder: dict[str, Any] = {}
+    try:
+        with around or nullcontext():
+            run = run_real(scenario, run_id=run_id, on_log=lambda log: holder.setdefault("log", log),
+                           **run_real_kwargs)
+    except BaseException:
+        store.abort_run(run_id, holder.get("log", ()),
+                        reason="interrupted or failed" if "log" in holder else "failed before any event")
+        raise
+    extras = real_extras(run, scenario) if extra is None else extra(run)
+    return StoredRun(store, run_id, run, seed_result(run.log, scenario, run.plan, run.coordinator.s, extra=extras))
 
 
 def add_output_flags(p) -> None:
@@ -140,6 +167,3 @@ def emit_result(args, res: dict[str, Any]) -> None:
     else:
         sys.stdout.write("\n".join(summary_lines(res)) + "\n")
 
-
-def open_store(path: str) -> Store:
-    return Store(path)

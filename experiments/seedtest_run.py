@@ -21,11 +21,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from events.metrics import seed_result
 from events.scenario import Scenario
 from events.schema import EventKind as K
-from events.store import Store, host_info
-from experiments.runner import write_json_atomic
+from events.store import Store
+from experiments.runner import StoredRun, run_real_stored, run_sim_stored, write_json_atomic
 from shardtwin.errors import InputError
 
 REAL_BROWSERS = ("chromium", "firefox")
@@ -165,18 +164,14 @@ def note(enabled: bool, line: str) -> None:
 
 def run_sim(store: Store, s: Scenario, profile, history_speed: dict | None, progress: bool, label: str
             ) -> dict[str, Any]:
-    from sim.run import run_scenario
-    run_id = store.begin_run("sim", s, profile.name, s.seed, host_info())
-    try:
-        with Progress(progress, label):
-            run = run_scenario(s, profile, run_id=run_id, history_speed=history_speed or None)
-    except BaseException:
-        store.abort_run(run_id, reason="simulation error")
-        raise
-    from sim.run import sim_result
-    res = sim_result(run, s, profile)
-    return {"result": res, "log": run.log, "plan": run.plan, "run_id": run_id,
-            "store_run": lambda r: store.finish_run(run_id, run.log, r)}
+    return _outcome(run_sim_stored(store, s, profile, history_speed=history_speed or None,
+                                   around=Progress(progress, label)))
+
+
+def _outcome(stored: StoredRun) -> dict[str, Any]:
+    """What Session.run needs of a run; `store_run(result)` writes it (finished or aborted)."""
+    return {"result": stored.result, "log": stored.run.log, "plan": stored.run.plan, "run_id": stored.run_id,
+            "store_run": stored.finish}
 
 
 def real_takes_history() -> bool:
@@ -186,32 +181,14 @@ def real_takes_history() -> bool:
 
 def run_real_browsers(store: Store, s: Scenario, history_speed: dict | None, progress: bool, label: str,
                       timeout_s: float, launcher: str = "auto", headed: bool = False) -> dict[str, Any]:
-    from real.run import run_real
     from sim.profile import DEFAULT_PROFILE
     kwargs: dict[str, Any] = {}
     if history_speed:
         kwargs["history_speed"] = history_speed      # cmd_test checked real_takes_history()
-    run_id = store.begin_run("real", s, "real", s.seed, host_info())
-    holder: dict[str, Any] = {}
     prog = Progress(progress, label)
-    try:
-        with prog:
-            run = run_real(s, run_id=run_id, headed=headed, launcher=launcher, timeout_s=timeout_s,
-                           on_log=lambda log: holder.setdefault("log", log),
-                           on_coordinator=lambda c: setattr(prog, "coord", c), profile=DEFAULT_PROFILE, **kwargs)
-    except BaseException:
-        store.abort_run(run_id, holder.get("log", ()), reason="interrupted or failed")
-        raise
-    res = seed_result(run.log, s, run.plan, run.coordinator.s,
-                      extra={"weights": run.shards.weights, "backend_requested": str(s.backend),
-                             "aborted": run.aborted})
-
-    def finish(r: dict[str, Any]) -> None:
-        if run.aborted:
-            store.abort_run(run_id, run.log, reason=run.aborted)
-        else:
-            store.finish_run(run_id, run.log, r)
-    return {"result": res, "log": run.log, "plan": run.plan, "run_id": run_id, "store_run": finish}
+    return _outcome(run_real_stored(store, s, around=prog, headed=headed, launcher=launcher, timeout_s=timeout_s,
+                                    on_coordinator=lambda c: setattr(prog, "coord", c), profile=DEFAULT_PROFILE,
+                                    **kwargs))
 
 
 # --- result files ----------------------------------------------------------------------
