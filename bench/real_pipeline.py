@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 from events.scenario import parse_scenario  # noqa: E402
 from events.schema import EventKind as K  # noqa: E402
 from real.run import run_real  # noqa: E402
+from sim.profile import DEFAULT_PROFILE  # noqa: E402
 
 SEQ = 32
 CONFIGS_FULL = [("all-MiniLM-L6-v2", 2, 6), ("bert-base-uncased", 3, 3)]   # model, layer shards, requests
@@ -132,7 +133,7 @@ def native_gflops(run, reps: int = 5) -> list[dict]:
 
 def bench_pipeline(model, shards, n, browser, backend) -> dict:
     t = time.monotonic()
-    run = run_real(scenario(model, shards, [browser], backend, n), timeout_s=600)
+    run = run_real(scenario(model, shards, [browser], backend, n), profile=DEFAULT_PROFILE, timeout_s=600)
     wall = time.monotonic() - t
     fig = pipeline_figures(run, skip=min(2, n - 1))
     fig.update({"model": model, "browser": browser, "backend": backend, "weights": run.shards.weights,
@@ -147,7 +148,7 @@ def bench_failure(name: str, fault: dict) -> dict:
     tol = {"detector_timeout_ms": 2000.0}
     s = scenario("all-MiniLM-L6-v2", 2, ["chromium", "firefox"], "wasm", 8, level="medium", faults=[fault],
                  tolerance=tol)
-    run = run_real(s, timeout_s=240)
+    run = run_real(s, profile=DEFAULT_PROFILE, timeout_s=240)
     ev = run.log.events
     inj = next((e for e in ev if e.kind == K.FAULT_INJECTED), None)
     det = next((e for e in ev if e.kind == K.FAILURE_DETECTED and inj and e.t_ms >= inj.t_ms), None)
