@@ -35,7 +35,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
 from events.scenario import parse_scenario  # noqa: E402
 from events.schema import EventKind as K  # noqa: E402
 from real.run import run_real  # noqa: E402
