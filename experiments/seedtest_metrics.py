@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from events.metrics import latency_summary
 from events.schema import EventKind as K, EventLog
 
 STRESS_MAX_ERROR_RATE = 0.01     # failed / submitted
@@ -56,12 +57,11 @@ def latency_tracking(log: EventLog) -> dict[str, Any]:
 
 
 def throughput(log: EventLog, batch_size: int) -> dict[str, Any]:
-    """--throughput-test: completed requests (and items = requests x batch) per second of workload."""
-    start = next((e.t_ms for e in log.events if e.kind == K.WORKLOAD_STARTED), None)
-    ends = [e.t_ms for e in log.events if e.kind == K.REQUEST_COMPLETED]
-    window = (max(ends) - start) if ends and start is not None else None
-    n = len(ends)
-    rps = n / (window / 1000.0) if window else None
+    """--throughput-test: completed requests (and items = requests x batch) per second of workload.
+    The run's own throughput_rps (events.metrics.latency_summary), so the two always agree: the
+    window runs from WORKLOAD_STARTED to the last request that finished, completed or failed."""
+    lat = latency_summary(log)
+    n, window, rps = lat["requests"]["completed"], lat["workload_ms"], lat["throughput_rps"]
     return {"batch_size": batch_size, "completed_requests": n, "items": n * batch_size, "window_ms": window,
             "requests_per_s": rps, "items_per_s": None if rps is None else rps * batch_size}
 
