@@ -4,6 +4,7 @@ Rules:
 - Only Debian executables (/usr/bin/chromium, firefox-esr); Playwright never downloads.
 - Every browser gets a fresh profile dir named MARKER_PREFIX* (leftover detection keys on it)
   and its own process group/session; kill() is SIGKILL of that whole group (browser_crash).
+  Ending a handle removes its profile and Chromium's /tmp socket dir (_remove_profile).
 - launcher 'process' (= 'auto', measured faster here) starts the executable itself with
   PR_SET_PDEATHSIG=SIGKILL, so it dies if shardtwin is kill -9'd; Chromium gets CDP over
   --remote-debugging-pipe (no port). 'playwright' is there for page-level tooling; its driver
@@ -171,7 +172,7 @@ class BrowserHandle:
         if isinstance(self._cdp, CdpPipe):
             self._cdp.close()
         _forget(self)
-        shutil.rmtree(self.profile_dir, ignore_errors=True)
+        _remove_profile(self.profile_dir)
 
     async def _watch_exit(self) -> None:
         if self._proc is not None:
@@ -212,6 +213,16 @@ def _mem(pid: int, attr: str) -> int:
         return 0
 
 
+def _remove_profile(profile: Path | str) -> None:
+    """Remove a profile dir and the /tmp/org.chromium.Chromium.* dir its SingletonSocket symlink
+    points to (Chromium's ProcessSingleton socket dir, which it removes itself only on a clean exit)."""
+    with contextlib.suppress(OSError):
+        socket_dir = os.path.dirname(os.readlink(os.path.join(profile, "SingletonSocket")))
+        if os.path.basename(socket_dir).startswith("org.chromium.Chromium."):
+            shutil.rmtree(socket_dir, ignore_errors=True)
+    shutil.rmtree(profile, ignore_errors=True)
+
+
 def _forget(handle: BrowserHandle) -> None:
     with _LIVE_LOCK:
         _LIVE.discard(handle)
@@ -223,7 +234,7 @@ def kill_all_live() -> None:
         handles = list(_LIVE)
     for h in handles:
         h.kill()
-        shutil.rmtree(h.profile_dir, ignore_errors=True)
+        _remove_profile(h.profile_dir)
 
 
 atexit.register(kill_all_live)
@@ -329,7 +340,7 @@ async def launch_browser(kind: str, url: str, headed: bool = False, *, browser_i
     except BaseException:
         h.kill()
         _forget(h)
-        shutil.rmtree(profile, ignore_errors=True)
+        _remove_profile(profile)
         raise
     _ = h.pgid  # remember the group while the leader is surely alive
     h._watch = asyncio.create_task(h._watch_exit())

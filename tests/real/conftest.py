@@ -36,7 +36,7 @@ def no_leftover_browsers():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     for d in glob.glob(browsers.MARKER_PREFIX + "*"):  # profiles of browsers whose parent was kill -9'd
-        shutil.rmtree(d, ignore_errors=True)
+        browsers._remove_profile(d)                    # (and Chromium's /tmp socket dir they link to)
     browsers.MARKER_PREFIX = original
     assert not leftovers, f"browser processes left behind: {leftovers}"
 

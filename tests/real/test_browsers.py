@@ -7,12 +7,14 @@ asserts that no browser process of this session is left at the end.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from real.browsers import leftover_browser_pids
+from real.browsers import BrowserPool, leftover_browser_pids
 from shardtwin.errors import RealRunError
 from real.protocol import FaultApplied, Heartbeat
 from real.server import MessageReceived, WorkerConnected, WorkerDisconnected, WorkerRejected, WorkerReportedError
@@ -114,6 +116,29 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_sigkilled_chromium_leaves_neither_its_profile_nor_its_socket_dir(need):
+    """Chromium's ProcessSingleton puts its socket in /tmp/org.chromium.Chromium.*/ (SingletonSocket
+    in the profile links there); a SIGKILLed Chromium cannot remove it, so close() must."""
+    need("chromium")
+
+    async def body():
+        async with BrowserPool() as pool:
+            h = await pool.launch("chromium", "about:blank")
+            link = h.profile_dir / "SingletonSocket"
+            deadline = time.monotonic() + 10
+            while not link.is_symlink() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            socket_dir = Path(os.readlink(link)).parent
+            existed = socket_dir.is_dir()
+            h.kill()
+            assert await h.wait_exited(5)
+            await h.close()
+            return h.profile_dir, socket_dir, existed
+    profile, socket_dir, existed = run(body())
+    assert socket_dir.name.startswith("org.chromium.Chromium.") and existed
+    assert not socket_dir.exists() and not profile.exists()
 
 
 def test_hang_stops_heartbeats_then_they_resume(tiny_model, session_factory, need):
