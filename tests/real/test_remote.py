@@ -90,6 +90,8 @@ class SecondHost:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
+        for profile in self.root.glob("p*"):   # SIGKILLed: Chromium left its /tmp socket dir behind
+            browsers._remove_profile(profile)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -303,27 +305,34 @@ def _driver_cli() -> tuple[str, str]:
 
 @contextlib.contextmanager
 def playwright_server(tmp_path: Path):
-    """`playwright launch-server` (BrowserType.launchServer) with Debian Chromium; yields its ws endpoint."""
+    """`playwright launch-server` (BrowserType.launchServer) with Debian Chromium; yields its ws endpoint.
+    Its TMPDIR is a private dir, removed at the end: SIGKILLed, neither the server nor its Chromium
+    removes its playwright-artifacts-*, playwright_chromiumdev_profile-* or org.chromium.Chromium.* dirs."""
     node, cli = _driver_cli()
     cfg = tmp_path / "launch.json"
     cfg.write_text(json.dumps({"executablePath": browsers.find_executable("chromium"), "headless": True,
                                "args": [a for a in browsers.CHROMIUM_ARGS], "host": "127.0.0.1", "port": 0}))
-    proc = subprocess.Popen(["nice", "-n", "15", node, cli, "launch-server", "--browser", "chromium",
-                             "--config", str(cfg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    tmp = tempfile.mkdtemp(prefix="stp", dir="/tmp")   # short: Chromium's socket paths have a length limit
     try:
-        line = ""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not line.startswith("ws://"):
-            line = proc.stdout.readline().strip()
-            if proc.poll() is not None:
-                pytest.skip(f"playwright launch-server did not start: {proc.stderr.read()[-500:]}")
-        assert line.startswith("ws://"), line
-        yield line, proc
+        proc = subprocess.Popen(["nice", "-n", "15", node, cli, "launch-server", "--browser", "chromium",
+                                 "--config", str(cfg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                env={**os.environ, "TMPDIR": tmp})
+        try:
+            line = ""
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not line.startswith("ws://"):
+                line = proc.stdout.readline().strip()
+                if proc.poll() is not None:
+                    pytest.skip(f"playwright launch-server did not start: {proc.stderr.read()[-500:]}")
+            assert line.startswith("ws://"), line
+            yield line, proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _server_browser_pids(proc) -> list[int]:
