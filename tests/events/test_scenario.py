@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import string
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,14 @@ from shardtwin.errors import InputError, ScenarioError
 from shardtwin.vocab import Browser, FailureType, Source, WorkloadKind
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-TMP = Path(tempfile.mkdtemp(prefix="shardtwin-scenario-"))
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    """One dir for the module's file-writing hypothesis tests (module scope: hypothesis refuses
+    function-scoped fixtures); pytest prunes its old tmp_path_factory dirs itself."""
+    return tmp_path_factory.mktemp("scenario")
+
 
 # ---------------------------------------------------------------- strategies
 
@@ -110,12 +116,12 @@ scenarios = scenario_dicts().map(parse_scenario)
 
 @SETTINGS
 @given(scenario_dicts(), st.sampled_from(["yaml", "json"]))
-def test_dict_object_file_round_trip(d, fmt):
+def test_dict_object_file_round_trip(scratch, d, fmt):
     s = parse_scenario(d)
     canonical = scenario_to_dict(s)
     assert parse_scenario(canonical) == s
     assert scenario_to_dict(parse_scenario(canonical)) == canonical
-    path = dump_scenario(s, TMP / f"s.{fmt}")
+    path = dump_scenario(s, scratch / f"s.{fmt}")
     assert load_scenario(path) == s
 
 
@@ -282,8 +288,8 @@ def test_malformed_mappings_give_one_line_scenario_errors(d, data):
 @SETTINGS
 @given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode)
        | json_values.map(lambda v: json.dumps(v).encode()), st.sampled_from(["yaml", "json", "yml"]))
-def test_random_files_give_input_errors(raw, ext):
-    path = TMP / f"random.{ext}"
+def test_random_files_give_input_errors(scratch, raw, ext):
+    path = scratch / f"random.{ext}"
     path.write_bytes(raw)
     try:
         load_scenario(path)
