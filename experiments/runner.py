@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import tempfile
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Sequence
@@ -100,12 +100,19 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
             raise InputError(f"cannot create {p.parent}: {exc.strerror}") from None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=str(p.parent or Path(".")))
+    except OSError as exc:
+        raise InputError(f"cannot write {p}: {exc.strerror}") from None
+    try:
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2, sort_keys=False)
             fh.write("\n")
         os.replace(tmp, p)
-    except OSError as exc:
-        raise InputError(f"cannot write {p}: {exc.strerror}") from None
+    except BaseException as exc:  # a failed dump (OSError, or TypeError on unserialisable data) leaves no .tmp
+        with suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {p}: {exc.strerror}") from None
+        raise
     return p
 
 
