@@ -8,7 +8,9 @@ a made-up number (e.g. recovery_success_rate is null when nothing failed).
 from __future__ import annotations
 
 import json
+import math
 import platform
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any
@@ -56,27 +58,67 @@ def latency_summary(log: EventLog, by: Index | None = None) -> dict[str, Any]:
     }
 
 
+def _by_browser(events: list[Event]) -> dict[str, tuple[list[int], list[Event]]]:
+    """Events with a browser, grouped by it: (their seqs, the events), both in seq order."""
+    out: dict[str, tuple[list[int], list[Event]]] = {}
+    for e in events:
+        if e.browser is not None:
+            seqs, evs = out.setdefault(e.browser, ([], []))
+            seqs.append(e.seq)
+            evs.append(e)
+    return out
+
+
+def _first_in(group: tuple[list[int], list[Event]] | None, lo: int, hi: float) -> Event | None:
+    """The first event with lo < seq < hi."""
+    if group is None:
+        return None
+    i = bisect_right(group[0], lo)
+    return group[1][i] if i < len(group[0]) and group[0][i] < hi else None
+
+
+def _last_in(group: tuple[list[int], list[Event]] | None, lo: int, hi: float) -> Event | None:
+    """The last event with lo < seq < hi."""
+    if group is None:
+        return None
+    i = bisect_left(group[0], hi) - 1
+    return group[1][i] if i >= 0 and group[0][i] > lo else None
+
+
 def fault_timeline(log: EventLog, by: Index | None = None) -> list[dict[str, Any]]:
-    """Per injected fault: when it was detected and when recovery ended (same browser)."""
+    """Per FAULT_INJECTED with a browser: its detection and recovery outcome, by the rule of
+    the `fault_recovery` SQL view (events/views.py; the two must agree, tests/events/
+    test_fault_timeline.py checks it). A fault's window runs until the next FAULT_INJECTED on
+    the same browser; detected = the first FAILURE_DETECTED in the window; the outcome is the
+    first RECOVERY_COMPLETED after the detection (or after the injection when undetected),
+    else the last RECOVERY_FAILED there, else none; all on the fault's browser, whatever the
+    request id. detection_ms = detected - injected; recovery_ms = outcome - detected (or -
+    injected when undetected); outage_ms = outcome - injected; recovered = the outcome is a
+    RECOVERY_COMPLETED; action = the outcome's action. One pass plus a bisect per lookup."""
     by = index(log) if by is None else by
-    ends_all = sorted((*by[K.RECOVERY_COMPLETED], *by[K.RECOVERY_FAILED]), key=lambda e: e.seq)
+    det, ok, bad = (_by_browser(by[k]) for k in (K.FAILURE_DETECTED, K.RECOVERY_COMPLETED, K.RECOVERY_FAILED))
+    faults = [f for f in by[K.FAULT_INJECTED] if f.browser is not None]
+    next_seq: dict[int, float] = {}
+    following: dict[str, float] = {}
+    for f in reversed(faults):                  # the window of each fault ends at the next one
+        next_seq[f.seq] = following.get(f.browser, math.inf)
+        following[f.browser] = f.seq
     out = []
-    for f in by[K.FAULT_INJECTED]:
-        if f.browser is None:
-            continue
-        d = f.details()
-        det = next((e for e in by[K.FAILURE_DETECTED] if e.seq > f.seq and e.browser == f.browser), None)
-        end = None
-        if det is not None:
-            end = next((e for e in ends_all if e.seq > det.seq and e.browser == f.browser
-                        and e.request_id == det.request_id), None)
+    for f in faults:
+        hi = next_seq[f.seq]
+        d = _first_in(det.get(f.browser), f.seq, hi)
+        lo = f.seq if d is None else d.seq
+        end = _first_in(ok.get(f.browser), lo, hi)
+        if end is None:
+            end = _last_in(bad.get(f.browser), lo, hi)
+        since = f.t_ms if d is None else d.t_ms
         out.append({
-            "fault": d.get("fault"), "browser": f.browser, "shard": f.shard, "injected_ms": f.t_ms,
-            "detected_ms": det.t_ms if det else None,
-            "detection_ms": (det.t_ms - f.t_ms) if det else None,
-            "cause": det.details().get("cause") if det else None,
+            "fault": f.details().get("fault"), "browser": f.browser, "shard": f.shard, "injected_ms": f.t_ms,
+            "detected_ms": d.t_ms if d is not None else None,
+            "detection_ms": (d.t_ms - f.t_ms) if d is not None else None,
+            "cause": d.details().get("cause") if d is not None else None,
             "recovered": end is not None and end.kind == K.RECOVERY_COMPLETED,
-            "recovery_ms": end.value if end is not None and end.kind == K.RECOVERY_COMPLETED else None,
+            "recovery_ms": (end.t_ms - since) if end is not None else None,
             "outage_ms": (end.t_ms - f.t_ms) if end is not None else None,
             "action": end.details().get("action") if end is not None else None,
         })

@@ -7,13 +7,17 @@ Rules:
   is the first REQUEST_SUBMITTED, finished_ms the first REQUEST_COMPLETED/FAILED;
   latency_ms = finished - submitted (the finishing event's value when no submission was
   logged). outcome is NULL for a request that never finished (a lost request).
-- fault_recovery: one row per FAULT_INJECTED, matched by browser and order: its
-  window runs until the next FAULT_INJECTED on the same browser. detected = the first
-  FAILURE_DETECTED in the window; the outcome is the first RECOVERY_COMPLETED after
-  detection (success) or else the last RECOVERY_FAILED (failure), else NULL (none).
+- fault_recovery: one row per FAULT_INJECTED, matched by browser and order (any
+  request id): its window runs until the next FAULT_INJECTED on the same browser.
+  detected = the first FAILURE_DETECTED in the window; the outcome is the first
+  RECOVERY_COMPLETED after detection (or after the injection when nothing was
+  detected; success) or else the last RECOVERY_FAILED there (failure), else NULL (none).
   detection_ms = detected - injected; recovery_ms = recovered - detected (or - injected
   when nothing was detected); outage_ms = recovered - injected. Drivers must put the
-  resolved browser id in the `browser` column of these four kinds.
+  resolved browser id in the `browser` column of these four kinds. The same rule in
+  Python, over one run's log, is events.metrics.fault_timeline (the result JSON's
+  `faults`; it leaves out faults with no browser): tests/events/test_fault_timeline.py
+  checks that both give the same rows.
 """
 
 from __future__ import annotations
