@@ -36,7 +36,7 @@ from coordinator.settings import resolve
 from events.store import Store
 from models.partition import make_plan
 from shardtwin.errors import InputError
-from sim.profile import AGED_PAGE_MS, DEFAULT_PROFILE, BackendRate, Profile, background_factor
+from sim.profile import AGED_PAGE_MS, DEFAULT_PROFILE, LAUNCH_NOISE_WINDOW_MS, BackendRate, Profile, background_factor
 
 CLASSES = ("matmul", "attention", "elementwise", "conv")
 RATE_FIELD = {"matmul": "matmul_gflops", "attention": "attention_gflops", "elementwise": "elementwise_gflops",
@@ -50,6 +50,13 @@ QUANTILES = 21           # heartbeat extra-delay quantiles kept in the profile
 # Chromium backgrounds some renderers at nice 5 ~ 0.33). The weight that makes the runs agree best wins.
 WEIGHTS = (1.0, 0.7, 0.5, 0.33, 0.2)
 STEADY_INDEX = 4         # runs in a page before its compute speed is steady (Chromium tier-up)
+NOISE_INDEX = 8          # runs in a page before its run-to-run noise is steady (tier-up bumps at 4-6)
+NOISE_MIN_SAMPLES = 30   # fewer steady runs of a kind: keep the lognormal compute_cv model
+LAUNCH_NOISE_MIN_SAMPLES = 20
+USE_UNIT_OVERHEAD = True
+UNIT_PRIOR = 0.05        # per ms of unit overhead: the data must earn it (it trades against FLOP rates)
+TAIL_WINDOW_MS = LAUNCH_NOISE_WINDOW_MS   # after a BROWSER_READY: the launched browser may still be working
+TAIL_WINDOWS = (250.0, 500.0, 750.0, 1000.0, 1500.0)
 TAUS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
@@ -75,6 +82,8 @@ class Sample:
     queued: bool = False         # another run of the same page overlapped its round trip (waited in the page)
     page_index: int = 0          # runs this page incarnation completed before this one
     beside_startup: bool = False  # another page launched or loaded during most of this run
+    units: int = 0               # units of the shard (embedding / attention / feed-forward blocks)
+    beside_launch: bool = False  # started while another browser launched or within LAUNCH_NOISE_WINDOW_MS after
 
 
 @dataclass
@@ -148,7 +157,8 @@ def extract(store: Store, run_id: str) -> RunData:
                 run_id, kind_of(b), backend.get(b, str(s.backend)),
                 {c: spec.flops_by_class.get(c, 0.0) / 1e9 for c in CLASSES},
                 float(spec.input_bytes + spec.output_bytes), float(e["value"]), t - t0,
-                t - float(e["value"]), t, b, first=key not in warmed, page_index=runs_in_page[b] - 1))
+                t - float(e["value"]), t, b, first=key not in warmed, page_index=runs_in_page[b] - 1,
+                units=len(spec.units)))
             warmed.add(key)
         elif k == "shard_load_started":
             loading[(b, e["shard"])] = t
@@ -175,6 +185,7 @@ def extract(store: Store, run_id: str) -> RunData:
             if e["value"] is not None:
                 data.launches.append((kind_of(b), float(e["value"])))
                 windows.append((b, launching.pop(b, t - float(e["value"])), t, "launch"))
+                windows.append((b, t, t + TAIL_WINDOW_MS, "tail"))
             warmed -= {w for w in warmed if w[0] == b}
             runs_in_page[b] = sessions[b] = 0
             free.pop(b, None)
@@ -183,13 +194,17 @@ def extract(store: Store, run_id: str) -> RunData:
             faults.append((b, t))
         elif k == "failure_detected" and faults and faults[-1][0] == b:
             data.notices.append((kind_of(b), t - faults.pop()[1]))
+    end_ms = max((e["t_ms"] for e in ev), default=0.0)
+    windows += [(b, t0, end_ms, "launching") for b, t0 in launching.items()]   # still launching at the end
     _mark_concurrency(data.samples)
     data.windows = windows
     for x in data.samples:
         dur = max(x.end_ms - x.start_ms, 1e-6)
-        x.beside_startup = any(b != x.browser and min(t1, x.end_ms) - max(t0, x.start_ms) >= 0.5 * dur
-                               for b, t0, t1, _ in windows)
-    busy = windows + [(x.browser, x.start_ms, x.end_ms, "run") for x in data.samples]
+        x.beside_startup = any(b != x.browser and w != "tail" and min(t1, x.end_ms) - max(t0, x.start_ms) >= 0.5 * dur
+                               for b, t0, t1, w in windows)
+        x.beside_launch = any(b != x.browser and w in ("launch", "launching", "tail") and t0 <= x.start_ms <= t1
+                              for b, t0, t1, w in windows)
+    busy = [w for w in windows if w[3] != "tail"] + [(x.browser, x.start_ms, x.end_ms, "run") for x in data.samples]
     for what, out in (("load", data.load_overlap), ("launch", data.launch_overlap)):
         for b, t0, t1, w in windows:
             if w == what:
@@ -222,36 +237,42 @@ def _robust_linear(X: np.ndarray, y: np.ndarray, x0: np.ndarray, scale: float) -
 
 
 def fit_compute(samples: list[Sample], base: BackendRate) -> tuple[BackendRate, dict[str, Any]]:
-    """ms = sum_c GFLOP_c * k_c + overhead over warm uncontended samples (see module rules)."""
+    """ms = sum_c GFLOP_c * k_c + units * unit_overhead + overhead over warm uncontended samples
+    (see module rules)."""
     if not samples:
         return base, {"n": 0, "fitted": False}
     G = np.array([[s.gflops[c] for c in CLASSES] for s in samples])
+    U = np.array([float(s.units) for s in samples])
     y = np.array([s.compute_ms for s in samples])
     k0 = np.array([1000.0 / getattr(base, RATE_FIELD[c]) for c in CLASSES])
     active = G.max(axis=0) > 0
+    # a per-unit cost is identifiable only when unit counts vary apart from FLOPs
+    per_unit = USE_UNIT_OVERHEAD and len(set(U.tolist())) >= 2 and len({round(float(g), 3) for g in G.sum(axis=1) / np.maximum(U, 1)}) >= 2
 
     weight = np.array([PRIOR_WEIGHT[c] for c in CLASSES])[active]
+    nc = len(CLASSES)
 
     def resid(p: np.ndarray) -> np.ndarray:
         # multiplicative noise (host load stretches a run): relative residuals, robust loss
-        k = k0 * np.exp(p[:-1])
-        data = np.log(np.maximum(G @ k + p[-1], 1e-6)) - np.log(y)
-        prior = weight * math.sqrt(len(y)) * p[:-1][active]
-        return np.concatenate([data, prior])
-    lo = np.concatenate([np.full(len(CLASSES), -8.0), [0.0]])
-    hi = np.concatenate([np.full(len(CLASSES), 8.0), [max(float(np.min(y)), 1.0)]])
-    p0 = np.concatenate([np.zeros(len(CLASSES)), [min(base.run_overhead_ms, 0.5 * hi[-1])]])
+        k = k0 * np.exp(p[:nc])
+        data = np.log(np.maximum(G @ k + U * p[nc] + p[nc + 1], 1e-6)) - np.log(y)
+        prior = weight * math.sqrt(len(y)) * p[:nc][active]
+        return np.concatenate([data, prior, [UNIT_PRIOR * math.sqrt(len(y)) * p[nc]]])
+    u_hi = max(float(np.min(y / np.maximum(U, 1))), 1e-3) if per_unit else 1e-9
+    lo = np.concatenate([np.full(nc, -8.0), [0.0, 0.0]])
+    hi = np.concatenate([np.full(nc, 8.0), [u_hi, max(float(np.min(y)), 1.0)]])
+    p0 = np.concatenate([np.zeros(nc), [min(base.unit_overhead_ms, 0.5 * u_hi), min(base.run_overhead_ms, 0.5 * hi[-1])]])
     p = least_squares(resid, p0, bounds=(lo, hi), loss="soft_l1", f_scale=0.1).x
-    k = k0 * np.exp(p[:-1])
-    pred = G @ k + p[-1]
-    rate = dataclasses.replace(base, run_overhead_ms=float(p[-1]),
+    k = k0 * np.exp(p[:nc])
+    pred = G @ k + U * p[nc] + p[nc + 1]
+    rate = dataclasses.replace(base, run_overhead_ms=float(p[nc + 1]), unit_overhead_ms=float(p[nc]) if per_unit else 0.0,
                                **{RATE_FIELD[c]: float(1000.0 / k[i]) for i, c in enumerate(CLASSES)})
     lr = np.log(y / pred)
     runs = np.array([s.run_id for s in samples])
     per_run = {r: float(np.median(lr[runs == r])) for r in set(runs)}
     within = lr - np.array([per_run[r] for r in runs])
     return rate, {"n": len(y), "fitted": True, **_residual_stats(y, pred),
-                  "fitted_classes": [c for c, a in zip(CLASSES, active) if a],
+                  "fitted_classes": [c for c, a in zip(CLASSES, active) if a], "unit_overhead_fitted": per_unit,
                   "log_ratio_sd": float(np.std(within)) if len(y) > 1 else 0.0,
                   "run_to_run_sd": float(np.std(list(per_run.values()))) if len(per_run) > 1 else 0.0,
                   "per_run_median_ratio": {r: math.exp(v) for r, v in sorted(per_run.items())}}
@@ -265,7 +286,8 @@ def _residual_stats(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 def predict_compute(rate: BackendRate, s: Sample) -> float:
-    return sum(s.gflops[c] * 1000.0 / getattr(rate, RATE_FIELD[c]) for c in CLASSES) + rate.run_overhead_ms
+    return (sum(s.gflops[c] * 1000.0 / getattr(rate, RATE_FIELD[c]) for c in CLASSES)
+            + s.units * rate.unit_overhead_ms + rate.run_overhead_ms)
 
 
 def fit_hops(samples: list[Sample], link_latency_ms: float) -> tuple[dict[str, float], float, dict[str, Any]]:
@@ -426,6 +448,109 @@ def fit_launch_cpu(runs: list[RunData], predicted, weight: dict[str, float], cor
     return fit, wk, res
 
 
+def fit_launch_tail(runs: list[RunData], predicted, weight: dict[str, float], cores: float, fitted_rates: dict
+                    ) -> tuple[dict[str, tuple[float, float]], dict[str, Any]]:
+    """Per launching kind (tail ms, threads): the work a browser still does after its BROWSER_READY,
+    from warm runs of other pages that start within TAIL_WINDOW_MS of it (and beside no load):
+    their slowdown against the steady fit by time since ready. Grid over the tail's length (none
+    included); threads = the median slowdown inside it inverted through the sharing model."""
+    found: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for r in runs:
+        loads = [(b, t0, t1) for b, t0, t1, what in r.windows if what == "load"]
+        for b, t0, t1, what in r.windows:
+            if what != "tail":
+                continue
+            for s in r.samples:
+                mid = (s.start_ms + s.end_ms) / 2
+                if s.browser == b or s.first or s.concurrent != 1 or not t0 <= mid <= t1 \
+                        or (s.kind, s.backend) not in fitted_rates \
+                        or any(lb != s.browser and min(l1, s.end_ms) > max(l0, s.start_ms) for lb, l0, l1 in loads):
+                    continue
+                found[kind_of(b)].append((mid - t0, s.compute_ms / predicted(s), s.kind))
+    fit: dict[str, tuple[float, float]] = {}
+    res: dict[str, Any] = {}
+    for k, xs in found.items():
+        if len(xs) < 8:
+            res[f"launch_tail.{k}"] = {"n": len(xs), "fitted": False}
+            continue
+        best = (sum(math.log(max(s, 1e-3)) ** 2 for _, s, _ in xs), 0.0, 1.0)
+        for win in TAIL_WINDOWS:
+            inside = [threads_for_slowdown(s, weight.get(pk, 1.0), cores) for d, s, pk in xs if d < win]
+            if not inside:
+                continue
+            t = float(np.median(inside))
+            e = sum((math.log(max(s, 1e-3)) - math.log(_burst_slowdown(t, weight.get(pk, 1.0), cores) if d < win else 1.0)) ** 2
+                    for d, s, pk in xs)
+            if e < best[0] - 1e-9:
+                best = (e, win, t)
+        _, win, t = best
+        if win > 0 and t > 1.0:
+            fit[k] = (win, t)
+        res[f"launch_tail.{k}"] = {"n": len(xs), "fitted": k in fit, "launch_tail_ms": fit.get(k, (0.0,))[0],
+                                   "launch_tail_threads": fit.get(k, (0.0, 1.0))[1],
+                                   "median_slowdown_first_500ms": float(np.median([s for d, s, _ in xs if d < 500] or [1.0])),
+                                   "median_slowdown_after_1000ms": float(np.median([s for d, s, _ in xs if d >= 1000] or [1.0]))}
+    return fit, res
+
+
+def noise_quantiles(samples: list[Sample], predicted) -> tuple[tuple[float, ...], dict[str, Any]]:
+    """The empirical distribution of steady runs' compute / prediction (page runs >= NOISE_INDEX,
+    warm, alone, beside no startup and no launch), as QUANTILES factors; () when there are too few."""
+    xs = [s.compute_ms / predicted(s) for s in samples if not s.first and s.page_index >= NOISE_INDEX
+          and s.concurrent == 1 and not s.beside_startup and not s.beside_launch]
+    if len(xs) < NOISE_MIN_SAMPLES:
+        return (), {"n": len(xs), "fitted": False}
+    q = _winsorized_quantiles(np.array(xs))
+    return q, {"n": len(xs), "fitted": True, "median": float(np.median(xs)),
+                                        "p90": float(np.quantile(xs, 0.9)), "p99": float(np.quantile(xs, 0.99))}
+
+
+def launch_slowdown(run: RunData, s: Sample, launch: dict[str, tuple[float, float, float]],
+                    tail: dict[str, tuple[float, float]], weight: float, cores: float) -> float:
+    """The slowdown the simulator's launch model gives run `s` (a burst of launch threads over the first
+    fraction of another browser's launch, then its tail after ready); 1 when nothing is launching.
+    launch: kind -> (threads, fraction, launch_ms); tail: kind -> (ms, threads)."""
+    worst = 1.0
+    for b, t0, t1, w in run.windows:
+        if b == s.browser or not t0 <= s.start_ms <= t1 or w not in ("launch", "launching", "tail"):
+            continue
+        k = kind_of(b)
+        if w == "tail":
+            ms, threads = tail.get(k, (0.0, 1.0))
+            f = _burst_slowdown(threads, weight, cores) if s.start_ms - t0 < ms else 1.0
+        else:
+            threads, frac, launch_ms = launch.get(k, (1.0, 1.0, 0.0))
+            span = (t1 - t0) if w == "launch" else max(launch_ms, 1e-6)
+            f = _burst_slowdown(threads, weight, cores) if (s.start_ms - t0) / max(span, 1e-6) < frac else 1.0
+        worst = max(worst, f)
+    return worst
+
+
+def _winsorized_quantiles(x: np.ndarray) -> tuple[float, ...]:
+    """QUANTILES values at evenly spaced probabilities 0..1 of x clipped to its 1st..99th percentile
+    (a sample's extreme is not a stable estimate of a distribution's end)."""
+    lo, hi = np.quantile(x, [0.01, 0.99])
+    return tuple(float(v) for v in np.quantile(np.clip(x, lo, hi), np.linspace(0, 1, QUANTILES)))
+
+
+def launch_noise_quantiles(runs: list[RunData], kind: str, predicted, modelled) -> tuple[tuple[float, ...], dict[str, Any]]:
+    """Warm runs of `kind` pages that started beside another browser's launch (or its
+    LAUNCH_NOISE_WINDOW_MS after), beside no load: compute / (prediction x the slowdown the launch
+    model gives them, `modelled(run, sample)`), as QUANTILES factors: with the model's slowdown they
+    reproduce what was measured there."""
+    xs = []
+    for r in runs:
+        loads = [(b, t0, t1) for b, t0, t1, what in r.windows if what == "load"]
+        xs += [s.compute_ms / (predicted(s) * modelled(r, s)) for s in r.samples if s.kind == kind and s.beside_launch
+               and not s.first and s.concurrent == 1
+               and not any(lb != s.browser and min(l1, s.end_ms) > max(l0, s.start_ms) for lb, l0, l1 in loads)]
+    if len(xs) < LAUNCH_NOISE_MIN_SAMPLES:
+        return (), {"n": len(xs), "fitted": False}
+    a = np.array(xs)
+    return _winsorized_quantiles(a), {"n": len(xs), "fitted": True, "median": float(np.median(a)),
+                                      "p90": float(np.quantile(a, 0.9))}
+
+
 def _robust_sd(x: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(x - np.median(x)))) if len(x) > 1 else 0.0
 
@@ -527,6 +652,13 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
     residuals.update(launch_res)
     if main_thread:
         weight.update(launch_weights)    # identified by launches (the background-load grid rarely is)
+    launch_tail, tail_res = fit_launch_tail(runs, predicted, weight, cores, fitted_rates)
+    residuals.update(tail_res)
+    launch_model = {k: (*(launch_cpu.get(k) or (bp.launch_threads, bp.launch_cpu_fraction)),
+                        float(np.median([ms for r in runs for kk, ms in r.launches if kk == k] or [bp.launch_ms])))
+                    for k, bp in browsers.items()} if main_thread else {}
+    if not main_thread:
+        launch_tail = {}
     launches = defaultdict(list)
     for r in runs:
         for (k, ms), n in zip(r.launches, r.launch_overlap):
@@ -556,6 +688,18 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
             ch["cpu_weight"] = weight[kind]
         if main_thread and kind in launch_cpu:
             ch["launch_threads"], ch["launch_cpu_fraction"] = launch_cpu[kind]
+        if main_thread and kind in launch_tail:
+            ch["launch_tail_ms"], ch["launch_tail_threads"] = launch_tail[kind]
+        if any(k == kind for k, _ in fitted_rates):
+            q, residuals[f"noise.{kind}"] = noise_quantiles([s for s in samples if s.kind == kind
+                                                             and (s.kind, s.backend) in fitted_rates], predicted)
+            if q:
+                ch["compute_noise_quantiles"] = q
+                lq, residuals[f"launch_noise.{kind}"] = launch_noise_quantiles(
+                    runs, kind, lambda s: predicted(s) if (s.kind, s.backend) in fitted_rates else s.compute_ms,
+                    lambda r, s: launch_slowdown(r, s, launch_model, launch_tail, weight.get(kind, 1.0), cores))
+                if lq:
+                    ch["launch_noise_quantiles"] = lq
         own_cv = [r["log_ratio_sd"] for k, r in residuals.items() if k.startswith(f"compute.{kind}.") and r.get("n", 0) > 2]
         if own_cv:
             ch["compute_cv"] = float(np.median(own_cv))

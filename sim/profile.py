@@ -24,9 +24,16 @@ class BackendRate:
     threads: float = 1.0          # host cores one run occupies
     run_overhead_ms: float = 1.0  # per shard run: tensor creation, dispatch, session.run entry
     readback_ms: float = 0.0      # per run: GPU -> CPU readback (webgpu)
+    # per unit of the shard (an embedding, attention or feed-forward block: ~15-30 ONNX nodes):
+    # operator dispatch and small-tensor work that does not scale with FLOPs (calibrated; measured
+    # here it is what makes MiniLM's small matmuls run at a lower effective rate than BERT's)
+    unit_overhead_ms: float = 0.0
 
 
 AGED_PAGE_MS = 1000.0   # a page ready this long before its first load counts as settled (page_init_aged_ms)
+# A run that starts while another browser launches, or within this long after it said hello, draws
+# its noise from launch_noise_quantiles (when calibrated): measured runs there are spiky.
+LAUNCH_NOISE_WINDOW_MS = 1500.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +68,26 @@ class BrowserProfile:
     heartbeat_blocked_by_load: bool = False
     heartbeat_blocked_by_compute: bool = False
     compute_cv: float | None = None   # this browser's run-to-run compute noise (None: the profile's)
+    # Empirical run-to-run noise of a warm run: factors on the predicted compute time at evenly
+    # spaced probabilities 0..1 (calibrated from steady runs; measured: a tight core a few % below
+    # the fit plus a right tail). When given it replaces the lognormal compute_cv model.
+    compute_noise_quantiles: tuple[float, ...] = ()
+    # The same for a run beside another browser's launch (LAUNCH_NOISE_WINDOW_MS), divided by its
+    # median: measured mostly unslowed with spikes of 2-6x. The launch's own CPU model (launch_threads,
+    # launch_tail_ms) gives the median; this gives the spread. () : compute_noise_quantiles there too.
+    launch_noise_quantiles: tuple[float, ...] = ()
     cpu_weight: float = 1.0       # CFS weight of its renderer vs a nice-0 process (Chromium renders at nice 5: ~0.33)
     # A launch's CPU (cpu_bound_startup): a burst of `launch_threads` cores at nice 0 over the first
     # `launch_cpu_fraction` of launch_ms, then waiting (measured: Firefox starts its processes up front
     # and slows a page beside it ~3x early in its launch, not at the end).
     launch_threads: float = 1.0
     launch_cpu_fraction: float = 1.0
+    # After it says hello, a launched browser keeps working (runtime compile, first GC, its other
+    # processes settling): `launch_tail_threads` cores at nice 0 for `launch_tail_ms`, beside
+    # whatever runs (measured: pages beside a relaunch run 1.2-1.9x slower in the first 0.5-1 s
+    # after its BROWSER_READY). 0 ms: none.
+    launch_tail_ms: float = 0.0
+    launch_tail_threads: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +169,9 @@ def profile_from_dict(d: Mapping[str, Any]) -> Profile:
         bd = dict(_strict(BrowserProfile, bd, f"browsers.{k}"))
         bd["backends"] = {bk: BackendRate(**_strict(BackendRate, bv, f"browsers.{k}.backends.{bk}"))
                           for bk, bv in dict(bd.get("backends", {})).items()}
+        for q in ("compute_noise_quantiles", "launch_noise_quantiles"):
+            if q in bd:
+                bd[q] = tuple(bd[q])
         browsers[k] = BrowserProfile(**bd)
     d["browsers"] = browsers
     for k in ("heartbeat_extra_quantiles", "source_runs"):

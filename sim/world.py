@@ -30,7 +30,7 @@ from events.schema import Event, EventKind
 from models.partition import ShardPlan
 from sim.calls import Draws, call_later
 from sim.host import Host
-from sim.profile import AGED_PAGE_MS, Profile, background_factor
+from sim.profile import AGED_PAGE_MS, LAUNCH_NOISE_WINDOW_MS, Profile, background_factor
 
 STREAMS = ("launch", "heartbeat", "compute", "mtbf")
 
@@ -55,6 +55,7 @@ class Page:
     creating: int = 0                 # 1 while a shard load runs in the page's task chain
     hb_pending: bool = False          # a heartbeat fell due during a shard run
     spin: int | None = None           # host job of a hang's busy loop
+    tail: int | None = None           # host job of the browser's work after its launch (launch_tail_ms)
     runs: int = 0                     # shard runs started in this page
     sessions: int = 0                 # sessions created in this page
     ready_at: float = 0.0             # when the page said hello
@@ -82,6 +83,12 @@ class SimWorld:
         self._hb_normal = Draws(self.rng["heartbeat"])
         self._hb_uniform = Draws(self.rng["heartbeat"], uniform=True)
         self._compute_normal = Draws(self.rng["compute"])
+        self._compute_uniform = Draws(self.rng["compute"], uniform=True)
+        self._noise = {k: (np.linspace(0.0, 1.0, len(b.compute_noise_quantiles)), np.asarray(b.compute_noise_quantiles))
+                       for k, b in profile.browsers.items() if b.compute_noise_quantiles}
+        self._launch_noise = {k: (np.linspace(0.0, 1.0, len(b.launch_noise_quantiles)), np.asarray(b.launch_noise_quantiles))
+                              for k, b in profile.browsers.items() if b.launch_noise_quantiles}
+        self._launching: dict[str, float] = {}   # browser -> end of its launch noise window (inf: launching)
         self.pages: dict[str, Page] = {}
         self.timers: dict[Any, int] = {}
         self.inputs, self.mtbf_s, self.time_limit_ms = inputs, mtbf_s, time_limit_ms
@@ -161,13 +168,18 @@ class SimWorld:
         ms = max(1.0, float(self.rng["launch"].normal(bp.launch_ms, bp.launch_sd_ms)))
 
         started = self.env.now
+        self._launching[cmd.browser] = math.inf
 
         def ready() -> None:
             if self.pages.get(cmd.browser) is not page:
                 return
             page.alive = page.connected = True
             page.ready_at = self.env.now
+            self._launching[cmd.browser] = self.env.now + LAUNCH_NOISE_WINDOW_MS
             took = self.env.now - started if self.p.cpu_bound_startup else ms
+            if self.p.cpu_bound_startup and bp.launch_tail_ms > 0:   # work after hello, beside the page
+                page.tail = self.host.start(bp.launch_tail_ms, min(bp.launch_tail_threads, self.p.host_cores),
+                                            lambda: setattr(page, "tail", None), 1.0)
             self.observe(lambda now: r.BrowserReady(now, browser=page.id, launch_ms=took))
             self._heartbeat_loop(page)
         if self.p.cpu_bound_startup and bp.launch_cpu_fraction < 1.0:   # a CPU burst, then waiting
@@ -198,6 +210,9 @@ class SimWorld:
         if page.spin is not None:
             self.host.cancel(page.spin)
             page.spin = None
+        if page.tail is not None:
+            self.host.cancel(page.tail)
+            page.tail = None
 
     def memory_mb(self, page: Page) -> float:
         bp = self.p.browsers[page.kind]
@@ -306,10 +321,12 @@ class SimWorld:
         if cmd.shard not in page.loaded:
             page.sessions += 1
         page.creating = 1
+        self._hold_tail(page, True)
         started = self.env.now
 
         def loaded() -> None:
             page.creating = 0
+            self._hold_tail(page, False)
             if not page.alive:
                 return
             page.loaded.add(cmd.shard)
@@ -343,6 +360,8 @@ class SimWorld:
         f = spec.flops_by_class
         ms = (f.get("matmul", 0.0) / rate.matmul_gflops + f.get("attention", 0.0) / rate.attention_gflops
               + f.get("elementwise", 0.0) / rate.elementwise_gflops + f.get("conv", 0.0) / rate.conv_gflops) / 1e6
+        if rate.unit_overhead_ms:
+            ms += len(spec.units) * rate.unit_overhead_ms
         ms = ms * page.slow + rate.run_overhead_ms + rate.readback_ms
         bp = self.p.browsers[page.kind]
         if bp.warmup_runs > 0:
@@ -355,11 +374,20 @@ class SimWorld:
         ms *= self.background_factor(page.kind)
         if page.pressure:
             ms *= self.p.pressure_slowdown[page.pressure]
-        own = self.p.browsers[page.kind].compute_cv
+        noise = self._noise.get(page.kind)
+        if self._launch_noise and page.kind in self._launch_noise and self._beside_launch(page.id):
+            noise = self._launch_noise[page.kind]
+        if noise is not None:   # empirical noise (calibrated): inverse CDF of a uniform draw
+            return ms * float(np.interp(self._compute_uniform(), noise[0], noise[1]))
+        own = bp.compute_cv
         cv = self.p.compute_cv if own is None else own
         if cv > 0:
             ms *= math.exp(0.0 + cv * self._compute_normal())     # = rng.lognormal(0.0, cv)
         return ms
+
+    def _beside_launch(self, browser: str) -> bool:
+        now = self.env.now
+        return any(b != browser and now <= end for b, end in self._launching.items())
 
     def _hop_overhead(self, page: Page) -> float:
         """Half the calibrated per-run round-trip overhead (feed build, encode, decode), slowed like a
@@ -385,11 +413,19 @@ class SimWorld:
         page.job_run = cmd
         page.job = self.host.start(work, threads, lambda: self._job_done(page, cmd, started),
                                    self.p.browsers[page.kind].cpu_weight)
+        self._hold_tail(page, True)
         if page.hung:
             self.host.pause(page.job, True)
 
+    def _hold_tail(self, page: Page, held: bool) -> None:
+        """A browser's own post-launch work waits while its page loads or runs a shard (the load and
+        compute fits already hold whatever it costs them): it slows the other pages."""
+        if page.tail is not None:
+            self.host.pause(page.tail, held)
+
     def _job_done(self, page: Page, cmd: c.RunShard, started: float) -> None:
         page.job = page.job_run = None
+        self._hold_tail(page, False)
         self._late_heartbeat(page)
         compute = self.env.now - started
         epoch = page.link_epoch
