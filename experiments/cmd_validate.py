@@ -24,7 +24,7 @@ from shardtwin.errors import InputError
 _IT = lambda n, seq: {"kind": "iterations", "iterations": n, "batch_size": 1, "seq_len": seq}  # noqa: E731
 COLLECT_SUITE = (
     {"name": "cal: minilm 2 layer", "model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer",
-     "browsers": ["chromium", "firefox"], "workload": _IT(12, 32)},
+     "browsers": ["chromium", "firefox"], "workload": _IT(60, 32)},
     {"name": "cal: minilm 1 chromium seq128", "model": "all-MiniLM-L6-v2", "shards": 1, "shard_type": "layer",
      "browsers": ["chromium"], "workload": _IT(8, 128)},
     {"name": "cal: minilm 1 firefox seq128", "model": "all-MiniLM-L6-v2", "shards": 1, "shard_type": "layer",
@@ -117,6 +117,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run the scenario for real N times and pool them (default 1; 3 with --heldout)")
     p.add_argument("--sim-seeds", type=int, default=20, metavar="N",
                    help="the prediction is N sim runs with seeds seed..seed+N-1, pooled (default 20; 1: one run)")
+    p.add_argument("--reuse-real", action="store_true",
+                   help="take the real side from finished real runs of the same scenario (same hash) already in "
+                        "--db, newest first, and run for real only the repeats that are missing (re-predict after "
+                        "a recalibration without rerunning browsers)")
     p.add_argument("--heldout", action="store_true",
                    help="run the built-in held-out suite (4 scenarios) and print one markdown table")
     p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="real run limit")
@@ -150,11 +154,26 @@ def resolve_profile(spec: str | None, db: str):
         return profile_from_dict(store.load_profile(name, int(ver) if ver else None).data)
 
 
+def stored_real_runs(db: str, scenario, limit: int) -> list[tuple[str, float | None]]:
+    """Up to `limit` finished real runs of `scenario` (same hash) in `db`, newest first, each with
+    the host background load sampled during it (None when it was not sampled)."""
+    from events.scenario import scenario_hash
+    from experiments.calibrate import background_of
+    if not Path(db).exists():
+        return []
+    with Store(db) as store:
+        h = scenario_hash(scenario)
+        runs = [r for r in store.runs(source="real", status="finished") if r.scenario_hash == h]
+        return [(r.run_id, background_of(store, r.run_id)) for r in reversed(runs)][:limit]
+
+
 def run_pair(scenario, profile, db: str, timeout_s: float = 600.0, condition: bool = True,
-             out=sys.stdout.write, sim_seeds: int = 1, real_repeats: int = 1) -> tuple[list[str], list[str]]:
+             out=sys.stdout.write, sim_seeds: int = 1, real_repeats: int = 1,
+             reuse_real: bool = False) -> tuple[list[str], list[str]]:
     """Run `scenario` for real `real_repeats` times (sampling the host's background load), then in
     sim with `profile` (told the mean background load when `condition`), `sim_seeds` times with
-    seeds scenario.seed, scenario.seed + 1, ...; the real run ids and the sim run ids."""
+    seeds scenario.seed, scenario.seed + 1, ...; the real run ids and the sim run ids.
+    reuse_real: stored finished real runs of the same scenario count towards the repeats."""
     import dataclasses
     from experiments.calibrate import real_with_background
     from experiments.cmd_sim import simulate_and_store
@@ -162,7 +181,14 @@ def run_pair(scenario, profile, db: str, timeout_s: float = 600.0, condition: bo
         f"(calibrated: {str(profile.calibrated).lower()})\n")
     sys.stdout.flush()
     reals, bgs = [], []
-    for _ in range(max(1, real_repeats)):
+    if reuse_real:
+        for run_id, bg in stored_real_runs(db, scenario, max(1, real_repeats)):
+            reals.append(run_id)
+            if bg is not None:
+                bgs.append(bg)
+        out(f"reusing {len(reals)} stored real run(s) of this scenario"
+            + (f"; running {max(1, real_repeats) - len(reals)} more\n" if len(reals) < max(1, real_repeats) else "\n"))
+    for _ in range(max(1, real_repeats) - len(reals)):
         res, bg = real_with_background(scenario, db, timeout_s, profile=profile)
         reals.append(res["run_id"])
         if bg is not None:
@@ -199,7 +225,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         real_id, sim_id = run_pair(scenario_from_args(args), resolve_profile(args.profile, args.db), args.db,
                                    args.timeout, condition=not args.no_host_load, out=out, sim_seeds=args.sim_seeds,
-                                   real_repeats=args.real_repeats)
+                                   real_repeats=args.real_repeats, reuse_real=args.reuse_real)
     with Store(args.db) as store:
         cmp = compare(store.con, real_id, sim_id, tol)
         out(f"real run(s) {', '.join(real_id)} vs sim run(s) {', '.join(sim_id)}\n")
@@ -236,7 +262,7 @@ def validate_suite(args: argparse.Namespace, tol, out) -> int:
     for spec in HELDOUT_SUITE:
         real_id, sim_id = run_pair(parse_scenario({"backend": "wasm", **spec}), profile, args.db, args.timeout,
                                    condition=not args.no_host_load, out=out, sim_seeds=args.sim_seeds,
-                                   real_repeats=args.real_repeats)
+                                   real_repeats=args.real_repeats, reuse_real=args.reuse_real)
         with Store(args.db) as store:
             c = compare(store.con, real_id, sim_id, tol)
             rep = reproducibility(store.con, real_id)
