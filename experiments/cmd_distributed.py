@@ -1,6 +1,6 @@
 """`shardtwin distributed`: many `shardtwin test` runs over N local worker processes.
 
-    shardtwin distributed --worker-count N [--repeat K | --split [--levels LIST]] [--ray ADDR] -- <test args>
+    shardtwin distributed --worker-count N [--repeat K | --split [--levels LIST]] [--ray [ADDR]] -- <test args>
     shardtwin distributed --test-file ANY --test-args "<test args>" --worker-count N   (the seed guide's form)
 
 Rules:
@@ -12,28 +12,36 @@ Rules:
   file (DuckDB allows one writer per file); when all are done their runs are merged into
   the --db of the test args (export/import through Parquet). Result files go to the test's
   --results-dir (default ./test_results); a summary JSON `distributed_..._<timestamp>.json` too.
+- --ray: the same jobs as Ray tasks (experiments.sweep_ray.RayRunner), at most N out at a time;
+  bare --ray starts a local Ray with N CPUs and shuts it down on the way out (Ctrl-C too).
+  A task may run on any node, so it cannot use the driver's disk: it runs the test in a
+  node-local temp dir and returns its runs (exported Parquet) and result files as bytes; the
+  driver lands them where a local job's are (workdir/job<j>.duckdb, the test's --results-dir),
+  so merging, gathering and the summary are the same code for both.
 - Exit: 0 when every job exited 0; 2 when a job reported bad input; 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import ExitStack, closing
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from events.store import Store
 from experiments.runner import fmt_num, write_json_atomic
+from experiments.sweep_ray import RayRunner
 from shardtwin.errors import InputError
 
 
@@ -46,7 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--repeat", type=int, metavar="K", help="run the test K times, seeds seed..seed+K-1 (default N)")
     how.add_argument("--split", action="store_true", help="one job per --model-mix model and/or --levels level")
     p.add_argument("--levels", metavar="LIST", help="with --split: comma list of fault-tolerance levels")
-    p.add_argument("--ray", metavar="ADDRESS", help="run the jobs as Ray tasks on this cluster (needs shardtwin[ray])")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the jobs as Ray tasks: on a local Ray with N CPUs, or on the cluster at ADDRESS "
+                        "('auto': the one this machine belongs to); needs shardtwin[ray]")
     p.add_argument("--test-file", metavar="PATH", help="accepted for the seed guide's form; ignored")
     p.add_argument("--test-args", metavar="STRING", help="the test's flags as one string (seed guide's form)")
     p.add_argument("--json", action="store_true", help="print the summary JSON")
@@ -140,25 +150,36 @@ class Pool:
         with self.lock:
             slot = self.slots.pop(0)
         db = self.workdir / f"job{j}.duckdb"
-        cmd = [sys.executable, "-m", "experiments.cli", "test", *argv, "--ci-mode", "--db", str(db)]
         t0 = time.monotonic()
         try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    env={**os.environ, "PYTHONPATH": _pythonpath()})
+            proc = _start_test(argv, db)
             self.procs[j] = proc
             out, err = proc.communicate()
         finally:
             self.procs.pop(j, None)
             with self.lock:
                 self.slots.append(slot)
-        files = [ln.strip() for ln in out.splitlines() if ln.strip().endswith(".json")]
-        return {"job": j, "worker": slot, "argv": argv, "rc": proc.returncode, "seconds": time.monotonic() - t0,
-                "db": str(db), "result_files": files, "stderr_tail": err.strip().splitlines()[-3:]}
+        return _job_result(j, slot, argv, proc.returncode, time.monotonic() - t0, db, out, err)
 
     def kill_all(self) -> None:
         for proc in list(self.procs.values()):
             if proc.poll() is None:
                 proc.kill()
+
+
+def _start_test(argv: list[str], db: Path, results_dir: Path | None = None) -> subprocess.Popen:
+    extra = ["--results-dir", str(results_dir)] if results_dir is not None else []
+    cmd = [sys.executable, "-m", "experiments.cli", "test", *argv, "--ci-mode", "--db", str(db), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": _pythonpath()})
+
+
+def _job_result(j: int, worker: int | str, argv: list[str], rc: int, seconds: float, db: Path, out: str,
+                err: str) -> dict[str, Any]:
+    """One job's entry in the summary, the same for a local and a Ray job."""
+    files = [ln.strip() for ln in out.splitlines() if ln.strip().endswith(".json")]
+    return {"job": j, "worker": worker, "argv": argv, "rc": rc, "seconds": seconds, "db": str(db),
+            "result_files": files, "stderr_tail": err.strip().splitlines()[-3:]}
 
 
 def _pythonpath() -> str:
@@ -191,22 +212,78 @@ def run_local(jobs: list[list[str]], n: int, workdir: Path, progress: bool) -> l
     return sorted(done, key=lambda r: r["job"])
 
 
-def run_ray(address: str, jobs: list[list[str]]) -> list[dict[str, Any]]:
-    """Each job runs `shardtwin test` on a cluster node; its result files come back as JSON."""
-    import ray  # noqa: PLC0415 (optional dependency)
-    ray.init(address=address)
+def run_ray(ray_pool: RayRunner, jobs: list[list[str]], n: int, workdir: Path, results_dir: Path,
+            progress: bool) -> list[dict[str, Any]]:
+    """The jobs as Ray tasks, at most n out at a time; leaving early (Ctrl-C, an error) cancels the
+    ones still out, which kill their test. Entries shaped as run_local's."""
+    done: list[dict[str, Any]] = []
+    with closing(ray_pool.run_each(ray_job, list(enumerate(jobs)), limit=n)) as finished:
+        for _, r in finished:
+            done.append(_land(r, workdir, results_dir))
+            _say(progress, f"[{len(done)}/{len(jobs)}] job {r['job']} on {r['worker']}: "
+                           f"exit {r['rc']} in {r['seconds']:.1f} s")
+    return sorted(done, key=lambda r: r["job"])
 
-    @ray.remote
-    def job(j: int, argv: list[str]) -> dict[str, Any]:
-        with tempfile.TemporaryDirectory() as d:
-            cmd = [sys.executable, "-m", "experiments.cli", "test", *argv, "--ci-mode", "--db", f"{d}/job.duckdb",
-                   "--results-dir", f"{d}/results"]
-            p = subprocess.run(cmd, capture_output=True, text=True)
-            files = [ln.strip() for ln in p.stdout.splitlines() if ln.strip().endswith(".json")]
-            return {"job": j, "worker": "ray", "argv": argv, "rc": p.returncode, "seconds": None, "db": None,
-                    "results": [json.loads(Path(f).read_text()) for f in files if Path(f).exists()],
-                    "stderr_tail": p.stderr.strip().splitlines()[-3:]}
-    return ray.get([job.remote(j, argv) for j, argv in enumerate(jobs)])
+
+def ray_job(task: tuple[int, list[str]]) -> dict[str, Any]:
+    """One job on whichever node Ray picks: the test in a node-local temp dir; its runs come back as
+    exported Parquet bytes ("runs") and its result files as bytes ("files"), for _land."""
+    j, argv = task
+    with tempfile.TemporaryDirectory(prefix="shardtwin-ray-job-") as d:
+        db, t0 = Path(d) / "job.duckdb", time.monotonic()
+        proc = _start_test(argv, db, Path(d) / "results")
+        try:
+            out, err = _communicate(proc)
+        except BaseException:     # ray.cancel raises KeyboardInterrupt here: the test goes too
+            proc.kill()
+            proc.wait()
+            raise
+        r = _job_result(j, f"{socket.gethostname()}:{os.getpid()}", argv, proc.returncode,
+                        time.monotonic() - t0, db, out, err)
+        runs = []
+        if db.exists():
+            with Store(db) as st:
+                runs = [(run.run_id, st.export_run(run.run_id, Path(d) / f"{run.run_id}.parquet").read_bytes())
+                        for run in st.runs()]
+        files = {f: Path(f).read_bytes() for f in r["result_files"] if Path(f).is_file()}
+    return {**r, "runs": runs, "files": files}
+
+
+def _communicate(proc: subprocess.Popen) -> tuple[str, str]:
+    """proc.communicate() in slices: ray.cancel's KeyboardInterrupt (interrupt_main, not a real
+    signal) is only seen between blocking calls, so one long wait would hold it back."""
+    while True:
+        try:
+            return proc.communicate(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _land(r: dict[str, Any], workdir: Path, results_dir: Path) -> dict[str, Any]:
+    """A Ray job's output where a local job's would be: its runs in workdir/job<j>.duckdb, its result
+    files in the test's --results-dir (names kept unless taken; paths inside re-pointed there)."""
+    r = dict(r)
+    db = workdir / f"job{r['job']}.duckdb"
+    with Store(db) as st:
+        for run_id, data in r.pop("runs"):
+            p = workdir / f"ray_{run_id}.parquet"
+            p.write_bytes(data)
+            st.import_run(p)
+    files: dict[str, bytes] = r.pop("files")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    moved: dict[str, str] = {}
+    for old in files:
+        name, i = Path(old), 1
+        p = results_dir / name.name
+        while p.exists() or str(p) in moved.values():
+            p, i = results_dir / f"{name.stem}-{i}{name.suffix}", i + 1
+        moved[old] = str(p)
+    for old, data in files.items():
+        text = data.decode()
+        for a, b in moved.items():
+            text = text.replace(json.dumps(a)[1:-1], json.dumps(b)[1:-1])
+        write_json_atomic(Path(moved[old]), json.loads(text))
+    return {**r, "db": str(db), "result_files": list(moved.values())}
 
 
 def _say(enabled: bool, line: str) -> None:
@@ -235,10 +312,7 @@ def merge_dbs(jobs: list[dict[str, Any]], target: str, workdir: Path) -> int:
 def gather(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for r in jobs:
-        results = r.pop("results", None)
-        if results is None:
-            results = [json.loads(Path(f).read_text()) for f in r["result_files"] if Path(f).exists()]
-        for res in results:
+        for res in (json.loads(Path(f).read_text()) for f in r["result_files"] if Path(f).exists()):
             if res.get("record", "run") != "run":
                 continue
             rows.append({"job": r["job"], "worker": r["worker"], "model": res["model_name"],
@@ -252,17 +326,21 @@ def gather(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def cmd_distributed(args: argparse.Namespace) -> int:
-    if args.ray is not None and importlib.util.find_spec("ray") is None:
-        raise InputError("--ray needs the ray package, which is not installed: pip install shardtwin[ray]")
     argv = _test_argv(args)
     ns = parse_test(argv)
     jobs = make_jobs(args, argv, ns)
     progress = not (args.quiet or args.json)
-    _say(progress, f"{len(jobs)} job(s) over {args.worker_count} worker(s)")
-    with tempfile.TemporaryDirectory(prefix="shardtwin-dist-") as tmp:
-        work = Path(tmp)
-        done = run_ray(args.ray, jobs) if args.ray else run_local(jobs, args.worker_count, work, progress)
-        merged = merge_dbs(done, ns.db, work) if not args.ray else 0
+    with ExitStack() as stack:      # Ray (if any) closes last, whatever happens
+        ray_pool = None if args.ray is None else \
+            stack.enter_context(RayRunner(None if args.ray == "local" else args.ray, args.worker_count))
+        _say(progress, f"{len(jobs)} job(s) over {args.worker_count} worker(s)"
+                       + (f" on Ray ({ray_pool.workers} CPUs)" if ray_pool else ""))
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shardtwin-dist-")))
+        if ray_pool is not None:
+            done = run_ray(ray_pool, jobs, args.worker_count, work, Path(ns.results_dir), progress)
+        else:
+            done = run_local(jobs, args.worker_count, work, progress)
+        merged = merge_dbs(done, ns.db, work)
     runs = gather(done)
     summary = {"record": "distributed", "worker_count": args.worker_count, "jobs": done, "runs": runs,
                "merged_db": str(ns.db), "merged_runs": merged,

@@ -1,12 +1,17 @@
 """`shardtwin distributed`: jobs (repeat / split), worker subprocesses, gathered results,
-merged DuckDB, exit codes; the seed guide's --test-file/--test-args form."""
+merged DuckDB, exit codes; the seed guide's --test-file/--test-args form; the same on a local Ray."""
 
 from __future__ import annotations
 
-import sys
-
+import _thread
 import argparse
 import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -75,7 +80,82 @@ def test_ray_without_package_exits_2(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)       # as on a machine without the ray extra
     assert main(["distributed", "--worker-count", "2", "--ray", "127.0.0.1:1", "--", "--model", "bert"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pip install shardtwin[ray]" in err[0]
+    assert len(err) == 1 and "pip install 'shardtwin[ray]'" in err[0]
+
+
+def _processes(pattern: bytes) -> dict[int, str]:
+    """Live processes whose command line matches `pattern` (a zombie's is empty): pid -> command."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes() if d.name.isdigit() else b""
+        except OSError:
+            continue
+        if re.search(pattern, cmd):
+            found[int(d.name)] = cmd.replace(b"\0", b" ").decode(errors="replace")[:120]
+    return found
+
+
+def _no_ray_left(ray) -> None:
+    assert not ray.is_initialized()
+    # a Ray this process started has its session dir named ..._<our pid> (raylet, gcs_server, ...)
+    assert _processes(rb"/ray/session_[0-9_-]+_%d/" % os.getpid()) == {}
+
+
+JOB = ["--model", "bert-base-uncased", "--shards", "3", "--mode", "sim", "--iterations", "3"]
+
+
+def test_ray_jobs_land_in_the_db_and_ray_is_closed(capsys):
+    ray = pytest.importorskip("ray", reason="ray is the optional extra shardtwin[ray]")
+    assert main(["distributed", "--worker-count", "2", "--ray", "--", *JOB, "--db", "ray.duckdb"]) == 0
+    s = summary()
+    local_keys = {"job", "worker", "argv", "rc", "seconds", "db", "result_files", "stderr_tail"}
+    assert [j["job"] for j in s["jobs"]] == [0, 1] and all(set(j) == local_keys for j in s["jobs"])
+    assert all(j["rc"] == 0 and j["seconds"] > 0 and len(j["result_files"]) == 1 for j in s["jobs"])
+    assert len(s["runs"]) == 2 and sorted(r["seed"] for r in s["runs"]) == [0, 1]
+    for r in s["runs"]:     # result files come back into the test's --results-dir, and say so
+        assert Path(r["result_file"]).parent == Path("test_results") and Path(r["result_file"]).is_file()
+    ids = {r for (r,) in duckdb.connect("ray.duckdb", read_only=True).execute("SELECT run_id FROM runs").fetchall()}
+    assert ids == {r["run_id"] for r in s["runs"]} and s["merged_runs"] == 2
+    assert "2 job(s) on 2 worker(s), 2 run(s), 2 merged into ray.duckdb" in capsys.readouterr().out
+    _no_ray_left(ray)
+
+
+def test_ray_interrupted_cancels_the_jobs_out_and_closes_ray(tmp_path, capsys, monkeypatch):
+    ray = pytest.importorskip("ray", reason="ray is the optional extra shardtwin[ray]")
+    from experiments.sweep_ray import RayRunner
+    hold = tmp_path / "hold.fifo"
+    os.mkfifo(hold)     # each job's test blocks reading it as its --profile: jobs that run until stopped
+    ours = rb"experiments\.cli\x00test\x00.*" + re.escape(str(hold).encode())
+    lock, state = threading.Lock(), {"main": True}
+    close = RayRunner.close
+
+    def close_and_look(self) -> None:   # a local Ray's shutdown kills its workers' children anyway;
+        state["at_close"] = _processes(ours)    # a joined cluster is only left, so the tasks must
+        close(self)
+    monkeypatch.setattr(RayRunner, "close", close_and_look)
+
+    def ctrl_c() -> None:     # once both jobs' tests run
+        deadline = time.monotonic() + 60
+        while len(_processes(ours)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with lock:
+            state["running"] = len(_processes(ours))
+            if state["main"]:
+                _thread.interrupt_main()
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    try:
+        rc = main(["distributed", "--worker-count", "2", "--ray", "--", *JOB, "--profile", str(hold)])
+    finally:
+        with lock:
+            state["main"] = False
+        left = _processes(ours)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    assert state["running"] == 2 and state["at_close"] == {}    # the cancelled tasks stopped their tests
+    assert rc == 130 and capsys.readouterr().err.strip().splitlines()[-1] == "shardtwin: interrupted"
+    assert left == {}       # no job's test outlived its cancelled task
+    _no_ray_left(ray)
 
 
 @pytest.mark.parametrize("argv", [
