@@ -349,6 +349,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"{r.get('rmse_ms', 0):.1f} ms, median |err| {r.get('median_abs_pct', 0):.1f}%); hop "
             f"{bp.hop_overhead_ms:.1f} ms, warmup x{bp.warmup_factor:.2f} (1/e after {bp.warmup_runs:g} runs), page init {bp.page_init_ms:.0f} ms, launch {bp.launch_ms:.0f}"
             f"+-{bp.launch_sd_ms:.0f} ms, load {_load_line(bp)}, crash notice {bp.close_notice_ms:.0f} ms\n")
+        nz = prof.residuals.get(f"noise.{kind}", {})
+        if bp.compute_noise_quantiles:
+            q = bp.compute_noise_quantiles
+            ln = bp.launch_noise_quantiles
+            out(f"    noise (measured/predicted, n={nz.get('n')}): p10 x{q[2]:.2f}, median x{q[10]:.2f}, p90 x{q[18]:.2f}"
+                + (f"; beside a launch p90 x{ln[18]:.2f}" if ln else "")
+                + (f"; after its hello the browser works {bp.launch_tail_ms:.0f} ms on {bp.launch_tail_threads:.2f} cores"
+                   if bp.launch_tail_ms else "") + "\n")
     out(f"  link {prof.link_mb_per_s:.0f} MB/s; load {prof.session_create_ms:.0f} ms + "
         f"{prof.session_create_ms_per_mb:.1f} ms/MB; background {prof.background_cores:.2f} cores; "
         f"compute cv {prof.compute_cv:.3f}; heartbeat extra p50 "
