@@ -456,6 +456,12 @@ def fit_launch_cpu(runs: list[RunData], predicted, weight: dict[str, float], cor
     return fit, wk, res
 
 
+def beside_load(run: RunData, s: Sample) -> bool:
+    """Another page of the run was creating a session during any part of run `s`."""
+    return any(b != s.browser and w == "load" and min(t1, s.end_ms) > max(t0, s.start_ms)
+               for b, t0, t1, w in run.windows)
+
+
 def fit_launch_tail(runs: list[RunData], predicted, weight: dict[str, float], cores: float, fitted_rates: dict
                     ) -> tuple[dict[str, tuple[float, float]], dict[str, Any]]:
     """Per launching kind (tail ms, threads): the work a browser still does after its BROWSER_READY,
@@ -464,7 +470,6 @@ def fit_launch_tail(runs: list[RunData], predicted, weight: dict[str, float], co
     included); threads = the median slowdown inside it inverted through the sharing model."""
     found: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
     for r in runs:
-        loads = [(b, t0, t1) for b, t0, t1, what in r.windows if what == "load"]
         for b, t0, t1, what in r.windows:
             if what != "tail":
                 continue
@@ -472,7 +477,7 @@ def fit_launch_tail(runs: list[RunData], predicted, weight: dict[str, float], co
                 mid = (s.start_ms + s.end_ms) / 2
                 if s.browser == b or s.first or s.concurrent != 1 or not t0 <= mid <= t1 \
                         or (s.kind, s.backend) not in fitted_rates \
-                        or any(lb != s.browser and min(l1, s.end_ms) > max(l0, s.start_ms) for lb, l0, l1 in loads):
+                        or beside_load(r, s):
                     continue
                 found[kind_of(b)].append((mid - t0, s.compute_ms / predicted(s), s.kind))
     fit: dict[str, tuple[float, float]] = {}
@@ -548,10 +553,8 @@ def launch_noise_quantiles(runs: list[RunData], kind: str, predicted, modelled) 
     reproduce what was measured there."""
     xs = []
     for r in runs:
-        loads = [(b, t0, t1) for b, t0, t1, what in r.windows if what == "load"]
         xs += [s.compute_ms / (predicted(s) * modelled(r, s)) for s in r.samples if s.kind == kind and s.beside_launch
-               and not s.first and s.concurrent == 1
-               and not any(lb != s.browser and min(l1, s.end_ms) > max(l0, s.start_ms) for lb, l0, l1 in loads)]
+               and not s.first and s.concurrent == 1 and not beside_load(r, s)]
     if len(xs) < LAUNCH_NOISE_MIN_SAMPLES:
         return (), {"n": len(xs), "fitted": False}
     a = np.array(xs)

@@ -154,36 +154,6 @@ def test_fit_recovers_per_browser_load_lines_and_the_settled_page_init(tmp_path)
                                                                                          got.page_init_aged_ms)
 
 
-def test_fit_recovers_a_launch_burst_and_page_weights(tmp_path):
-    """A Firefox launch that burns 1.8 cores over its first 60% slows a Chromium page (weight 0.5) beside
-    it far more than a Firefox page (weight 1): the fit finds the burst and tells the weights apart."""
-    rate = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
-    prof = dataclasses.replace(P, name="known-launch", compute_cv=0.0, cpu_bound_startup=True, browsers={
-        **P.browsers,
-        "chromium": dataclasses.replace(P.browsers["chromium"], backends={"wasm": rate}, cpu_weight=0.5,
-                                        launch_ms=600.0, launch_sd_ms=0.0),
-        "firefox": dataclasses.replace(P.browsers["firefox"], backends={"wasm": rate}, cpu_weight=1.0,
-                                       launch_ms=2500.0, launch_sd_ms=0.0, launch_threads=1.8,
-                                       launch_cpu_fraction=0.6)})
-    db = str(tmp_path / "launch.duckdb")
-    ids = []
-    for i, order in enumerate((["chromium", "firefox"], ["firefox", "chromium"], ["firefox", "firefox"])):
-        # the crashed firefox is relaunched as a spare while the other page serves both shards
-        crash = "firefox" if order != ["firefox", "firefox"] else "1"
-        s = parse_scenario({"model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer", "browsers": order,
-                            "fault_tolerance_level": "low", "recovery_strategy": "failover", "seed": i,
-                            "faults": [{"type": "browser_crash", "at_ms": 200.0, "browser": crash}],
-                            "workload": {"kind": "iterations", "iterations": 120, "batch_size": 1, "seq_len": 32}})
-        ids.append(simulate_and_store(s, prof, db)["run_id"])
-    with Store(db) as st:
-        from experiments.calibrate import extract, fit_profile
-        fit = fit_profile([extract(st, r) for r in ids], P, main_thread=True)
-    ff = fit.browsers["firefox"]
-    assert ff.launch_cpu_fraction == pytest.approx(0.6, abs=0.1), fit.residuals["launch_cpu.firefox"]
-    assert ff.launch_threads == pytest.approx(1.8, rel=0.15), fit.residuals["launch_cpu.firefox"]
-    assert fit.browsers["chromium"].cpu_weight < ff.cpu_weight, fit.residuals["launch_cpu.page_weights"]
-
-
 def _crash_relaunch_runs(db: str, prof, iterations: int = 120) -> list[str]:
     """Crash one firefox and fail over onto the other page; the crashed browser is relaunched as a
     spare while the survivor serves (what a launch and its tail do to a page beside it)."""
@@ -197,6 +167,28 @@ def _crash_relaunch_runs(db: str, prof, iterations: int = 120) -> list[str]:
                                          "seq_len": 32}})
         ids.append(simulate_and_store(s, prof, db)["run_id"])
     return ids
+
+
+def test_fit_recovers_a_launch_burst_and_page_weights(tmp_path):
+    """A Firefox launch that burns 1.8 cores over its first 60% slows a Chromium page (weight 0.5) beside
+    it far more than a Firefox page (weight 1): the fit finds the burst and tells the weights apart."""
+    rate = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
+    prof = dataclasses.replace(P, name="known-launch", compute_cv=0.0, cpu_bound_startup=True, browsers={
+        **P.browsers,
+        "chromium": dataclasses.replace(P.browsers["chromium"], backends={"wasm": rate}, cpu_weight=0.5,
+                                        launch_ms=600.0, launch_sd_ms=0.0),
+        "firefox": dataclasses.replace(P.browsers["firefox"], backends={"wasm": rate}, cpu_weight=1.0,
+                                       launch_ms=2500.0, launch_sd_ms=0.0, launch_threads=1.8,
+                                       launch_cpu_fraction=0.6)})
+    db = str(tmp_path / "launch.duckdb")
+    ids = _crash_relaunch_runs(db, prof, iterations=120)
+    with Store(db) as st:
+        from experiments.calibrate import extract, fit_profile
+        fit = fit_profile([extract(st, r) for r in ids], P, main_thread=True)
+    ff = fit.browsers["firefox"]
+    assert ff.launch_cpu_fraction == pytest.approx(0.6, abs=0.1), fit.residuals["launch_cpu.firefox"]
+    assert ff.launch_threads == pytest.approx(1.8, rel=0.15), fit.residuals["launch_cpu.firefox"]
+    assert fit.browsers["chromium"].cpu_weight < ff.cpu_weight, fit.residuals["launch_cpu.page_weights"]
 
 
 def test_fit_recovers_the_work_a_browser_does_after_it_said_hello(tmp_path):
