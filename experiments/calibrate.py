@@ -57,6 +57,7 @@ USE_UNIT_OVERHEAD = True
 UNIT_PRIOR = 0.05        # per ms of unit overhead: the data must earn it (it trades against FLOP rates)
 TAIL_WINDOW_MS = LAUNCH_NOISE_WINDOW_MS   # after a BROWSER_READY: the launched browser may still be working
 TAIL_WINDOWS = (250.0, 500.0, 750.0, 1000.0, 1500.0)
+SETTLE_TAUS = (500.0, 1000.0, 1500.0, 2000.0, 3000.0)
 TAUS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
@@ -93,6 +94,7 @@ class RunData:
     samples: list[Sample] = field(default_factory=list)
     loads: list[tuple[str, float, float, bool]] = field(default_factory=list)  # (kind, MB, ms, first in page)
     load_age: list[float] = field(default_factory=list)       # ms the page had been ready when each load began
+    load_since: list[float | None] = field(default_factory=list)   # ms since the page's first load ended (None: first)
     launches: list[tuple[str, float]] = field(default_factory=list)
     load_overlap: list[int] = field(default_factory=list)     # startup jobs overlapping each load, it included
     launch_overlap: list[int] = field(default_factory=list)
@@ -135,6 +137,7 @@ def extract(store: Store, run_id: str) -> RunData:
     windows: list[tuple[str, float, float, str]] = []      # (browser, start, end, what): startup CPU work
     runs_in_page: dict[str, int] = {}
     sessions: dict[str, int] = {}
+    first_end: dict[str, float] = {}             # when each page's first session create ended
     faults: list[tuple[str, float]] = []
     for e in ev:
         k, b, t = e["kind"], e["browser"], e["t_ms"]
@@ -177,6 +180,8 @@ def extract(store: Store, run_id: str) -> RunData:
                 data.loads.append((kind_of(b), float(base.shards[e["shard"]].weight_mb),
                                    float(e["value"]) - (t0 - asked), sessions.get(b, 0) == 0))
                 data.load_age.append(t0 - ready_at.get(b, t0))
+                data.load_since.append(None if b not in first_end else t0 - first_end[b])
+                first_end.setdefault(b, t)
                 windows.append((b, t0, t, "load"))
                 sessions[b] = sessions.get(b, 0) + 1
         elif k == "browser_launch_requested":
@@ -188,6 +193,7 @@ def extract(store: Store, run_id: str) -> RunData:
                 windows.append((b, t, t + TAIL_WINDOW_MS, "tail"))
             warmed -= {w for w in warmed if w[0] == b}
             runs_in_page[b] = sessions[b] = 0
+            first_end.pop(b, None)
             free.pop(b, None)
             ready_at[b] = t
         if k == "fault_injected" and b and json.loads(e["detail"] or "{}").get("fault") == "browser_crash":
@@ -306,9 +312,12 @@ def fit_hops(samples: list[Sample], link_latency_ms: float) -> tuple[dict[str, f
                                       "ms_per_mb": ms_per_mb, "median_hop_ms": float(np.median(y))}
 
 
-def _fit_load_line(loads: list[tuple[str, float, float, bool, int]], lat: float) -> tuple[float, float, float] | None:
+def _fit_load_line(loads: list[tuple], lat: float, settle_tau: float | None = None
+                   ) -> tuple[float, float, float] | None:
     """ms - 2 * lat = fixed + MB * per_mb + init * first, robust on relative residuals, all >= 0.
-    None when the loads cannot separate the three (one size only, or no warm load for `init`)."""
+    None when the loads cannot separate the three (one size only, or no warm load for `init`).
+    settle_tau: also + E * exp(-since / tau) for later loads (x[6]: ms since the page's first load
+    ended); then (fixed, per_mb, init, E, cost)."""
     mb = np.array([x[1] for x in loads])
     y = np.maximum(np.array([x[2] for x in loads]) - 2 * lat, 1.0)
     first = np.array([1.0 if x[3] else 0.0 for x in loads])
@@ -318,13 +327,41 @@ def _fit_load_line(loads: list[tuple[str, float, float, bool, int]], lat: float)
     X = np.column_stack([np.ones_like(mb), mb, first])
     if not (has_warm and has_cold):
         X = X[:, :2]
+    if settle_tau is not None:
+        X = np.column_stack([X, [0.0 if x[3] or x[6] is None else math.exp(-max(x[6], 0.0) / settle_tau)
+                                 for x in loads]])
 
     def resid(p: np.ndarray) -> np.ndarray:
         return (X @ p - y) / y
     p0 = np.full(X.shape[1], 1.0)
     p0[0] = float(np.median(y)) * 0.2
-    p = least_squares(resid, p0, bounds=(0.0, np.inf), loss="soft_l1", f_scale=0.1).x
-    return float(p[0]), float(p[1]), float(p[2]) if X.shape[1] == 3 else 0.0
+    fit = least_squares(resid, p0, bounds=(0.0, np.inf), loss="soft_l1", f_scale=0.1)
+    p = fit.x
+    line = float(p[0]), float(p[1]), float(p[2]) if X.shape[1] >= 3 + (settle_tau is not None) else 0.0
+    if settle_tau is None:
+        return line
+    return (*line, float(p[-1]), float(fit.cost))
+
+
+def fit_settle(loads: list[tuple], lat: float) -> tuple[tuple[float, float, float], float, float, dict] | None:
+    """A later session create soon after a page's first one costs more (the page still compiles):
+    the load line refitted with + E * exp(-since / tau), tau by grid; kept only when it explains the
+    loads clearly better (robust cost down >= 20%) and later loads span early and settled pages.
+    Returns (line, E, tau, residuals) or None."""
+    since = [x[6] for x in loads if not x[3] and x[6] is not None]
+    if len(since) < 3 or min(since) > 500.0 or max(since) < 750.0:
+        return None
+    base = _fit_load_line(loads, lat, SETTLE_TAUS[-1] * 1e6)   # a settle column that never decays: no settle
+    best = None
+    for tau in SETTLE_TAUS:
+        r = _fit_load_line(loads, lat, tau)
+        if r is not None and (best is None or r[4] < best[0][4]):
+            best = (r, tau)
+    if best is None or base is None or best[0][3] < 1.0 or best[0][4] > 0.8 * base[4]:
+        return None
+    (fixed, per_mb, init, e, cost), tau = best
+    return (fixed, per_mb, init), e, tau, {"settle_load_ms": e, "settle_ms": tau, "cost": cost,
+                                           "cost_without": base[4], "later_loads": len(since)}
 
 
 def fit_loads(loads: list[tuple[str, float, float, bool, int, float]], link_latency_ms: float
@@ -338,6 +375,7 @@ def fit_loads(loads: list[tuple[str, float, float, bool, int, float]], link_late
     loads = [x for x in loads if not (x[3] and x[5] >= AGED_PAGE_MS)] or loads
     pooled = _fit_load_line(loads, link_latency_ms)
     per_kind: dict[str, tuple[float, float, float]] = {}
+    settles: dict[str, tuple[float, float]] = {}
     res: dict[str, Any] = {"n": len(loads), "warm_loads": sum(1 for x in loads if not x[3]), "fitted": True}
     for k in sorted({x[0] for x in loads}):
         own = [x for x in loads if x[0] == k]
@@ -352,11 +390,18 @@ def fit_loads(loads: list[tuple[str, float, float, bool, int, float]], link_late
             fixed = min(pooled[0], line[0])
             line = (fixed, line[1], line[0] - fixed)
         used = line or pooled
+        settle = fit_settle(alone if len(alone) >= 3 else own, link_latency_ms) if line is not None else None
+        if settle is not None:
+            used, res[f"settle.{k}"] = settle[0], settle[3]
+            settles[k] = (settle[1], settle[2])
         if used is None:       # one size only anywhere: proportional to MB through the median
             med = float(np.median([(x[2] - 2 * link_latency_ms) / max(x[1], 1e-6) for x in own]))
             used = (0.0, med, 0.0)
         per_kind[k] = used
-        pred = np.array([used[0] + x[1] * used[1] + (used[2] if x[3] else 0.0) for x in own])
+        e, tau = settles.get(k, (0.0, 1.0))
+        pred = np.array([used[0] + x[1] * used[1] + (used[2] if x[3] else 0.0)
+                         + (e * math.exp(-max(x[6], 0.0) / tau) if not x[3] and x[6] is not None else 0.0)
+                         for x in own])
         yy = np.maximum(np.array([x[2] - 2 * link_latency_ms for x in own]), 1e-3)
         res[k] = {"n": len(own), "own_fit": line is not None, "fixed_ms": used[0], "ms_per_mb": used[1],
                   "page_init_ms": used[2], **_residual_stats(yy, pred)}
@@ -372,6 +417,7 @@ def fit_loads(loads: list[tuple[str, float, float, bool, int, float]], link_late
         if "page_init_aged_ms" not in res[k] and ratios and per_kind[k][2] > 0:
             res[k]["page_init_aged_ms"] = per_kind[k][2] * float(np.median(ratios))
             res[k]["aged_from_ratio_of_other_kinds"] = float(np.median(ratios))
+    res["settle"] = settles
     return per_kind, pooled, res
 
 
@@ -656,8 +702,9 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
     # time alone (the sim runs it on the host again: cpu_bound_startup)
     def alone(ms: float, n: int) -> float:
         return ms / max(1.0, n / cores)
-    loads = [(k, mb, alone(ms, n), first, n, age) for r in runs
-             for (k, mb, ms, first), n, age in zip(r.loads, r.load_overlap, r.load_age or [0.0] * len(r.loads))]
+    loads = [(k, mb, alone(ms, n), first, n, age, since) for r in runs
+             for (k, mb, ms, first), n, age, since in zip(r.loads, r.load_overlap, r.load_age or [0.0] * len(r.loads),
+                                                          r.load_since or [None] * len(r.loads))]
     load_lines, pooled_load, residuals["load"] = fit_loads(loads, base.link_latency_ms)
     launch_cpu, launch_weights, launch_res = fit_launch_cpu(runs, predicted, weight, cores, fitted_rates)
     residuals.update(launch_res)
@@ -691,6 +738,7 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
             ch["load_ms"], ch["load_ms_per_mb"], ch["page_init_ms"] = load_lines[kind]
             ch["load_scale"] = 1.0
             ch["page_init_aged_ms"] = residuals["load"].get(kind, {}).get("page_init_aged_ms")
+            ch["settle_load_ms"], ch["settle_ms"] = residuals["load"]["settle"].get(kind, (0.0, bp.settle_ms))
         if kind in warm:
             ch["warmup_factor"], ch["warmup_runs"], ch["warmup_extra_ms"] = warm[kind]
         if "session_first_run_ms" in residuals.get(f"warmup.{kind}", {}):

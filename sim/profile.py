@@ -62,6 +62,12 @@ class BrowserProfile:
     # cheaper than right after launch, when the page still compiles its runtime in the background.
     # None: page_init_ms whatever the page's age.
     page_init_aged_ms: float | None = None
+    # A page keeps working after its first session create (runtime compile, JIT): a later session
+    # create costs settle_load_ms * exp(-t / settle_ms) more, t = ms since the first one ended
+    # (measured in Chromium: 14 MB took 320-466 ms right after the first, 59-122 ms on a page
+    # serving for seconds). 0: none.
+    settle_load_ms: float = 0.0
+    settle_ms: float = 1000.0
     # The page's main thread sends heartbeats. Measured: Chromium's session create (a shard load)
     # blocks it, Firefox's does not; a shard run (ORT Web WASM) blocks it in both. True: a heartbeat
     # due while blocked leaves when the block ends (setInterval runs once, late).

@@ -59,6 +59,7 @@ class Page:
     runs: int = 0                     # shard runs started in this page
     sessions: int = 0                 # sessions created in this page
     ready_at: float = 0.0             # when the page said hello
+    first_load_end: float | None = None   # when its first session create ended (settle_load_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +311,8 @@ class SimWorld:
         if page.sessions == 0:
             aged = bp.page_init_aged_ms is not None and self.env.now - page.ready_at >= AGED_PAGE_MS
             init = bp.page_init_aged_ms if aged else bp.page_init_ms
+        elif bp.settle_load_ms > 0 and page.first_load_end is not None:
+            init = bp.settle_load_ms * math.exp(-(self.env.now - page.first_load_end) / bp.settle_ms)
         if bp.load_ms is not None and bp.load_ms_per_mb is not None:
             return 2 * self.p.link_latency_ms + bp.load_ms + mb * bp.load_ms_per_mb + init
         return (2 * self.p.link_latency_ms + bp.load_scale
@@ -329,6 +332,8 @@ class SimWorld:
             self._hold_tail(page, False)
             if not page.alive:
                 return
+            if page.first_load_end is None:
+                page.first_load_end = self.env.now
             page.loaded.add(cmd.shard)
             self._late_heartbeat(page)
             if self.memory_mb(page) > self.p.browsers[page.kind].memory_budget_mb:

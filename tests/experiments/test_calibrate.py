@@ -288,3 +288,34 @@ def test_sim_draws_launch_noise_only_beside_a_launch(tmp_path):
     apart = [s.compute_ms for s in samples if not s.beside_launch]
     assert len(beside) > 20 and len(apart) > 100
     assert min(beside) == pytest.approx(3 * max(apart), rel=0.02)
+
+
+def test_fit_recovers_the_cost_of_a_session_create_soon_after_the_first(tmp_path):
+    """Chromium: a later session create costs 300 ms more right after the page's first one, decaying
+    with 1 s; back-to-back loads (one browser, four shards) and failovers onto a page that has served
+    for 0.3-3 s tell the decay from the line."""
+    prof = dataclasses.replace(P, name="known-settle", compute_cv=0.0, browsers={
+        **P.browsers,
+        "chromium": dataclasses.replace(P.browsers["chromium"], launch_sd_ms=0.0, load_ms=20.0, load_ms_per_mb=6.0,
+                                        page_init_ms=800.0, settle_load_ms=300.0, settle_ms=1000.0),
+        "firefox": dataclasses.replace(P.browsers["firefox"], launch_sd_ms=0.0, load_ms=15.0, load_ms_per_mb=5.0,
+                                       page_init_ms=1200.0)})
+    db = str(tmp_path / "settle.duckdb")
+    specs = [{"shards": 4, "browsers": ["chromium"]}, {"shards": 4, "browsers": ["firefox"]},
+             {"shards": 1, "browsers": ["chromium"]}, {"shards": 2, "browsers": ["chromium"], "model": "bert-base-uncased"}]
+    for at in (300.0, 1500.0, 3000.0):
+        specs.append({"shards": 2, "browsers": ["chromium", "firefox"], "fault_tolerance_level": "low",
+                      "recovery_strategy": "failover", "faults": [{"type": "browser_crash", "at_ms": at,
+                                                                   "browser": "firefox"}]})
+    ids = []
+    for i, sp in enumerate(specs):
+        s = parse_scenario({"model": "all-MiniLM-L6-v2", "shard_type": "layer", "seed": i, **sp,
+                            "workload": {"kind": "iterations", "iterations": 80, "batch_size": 1, "seq_len": 32}})
+        ids.append(simulate_and_store(s, prof, db)["run_id"])
+    with Store(db) as st:
+        fit = calibrate(st, ids, name="fit", source="sim")
+    ch, ff = fit.browsers["chromium"], fit.browsers["firefox"]
+    assert ch.settle_load_ms == pytest.approx(300.0, rel=0.15), fit.residuals["load"]
+    assert ch.settle_ms == pytest.approx(1000.0, rel=0.35), fit.residuals["load"]
+    assert abs(ch.load_ms - 20.0) < 10.0 and rel(ch.load_ms_per_mb, 6.0) < 0.05, (ch.load_ms, ch.load_ms_per_mb)
+    assert ff.settle_load_ms == 0.0        # Firefox's later loads follow its line: no settle term earned
