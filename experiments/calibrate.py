@@ -637,6 +637,8 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
             continue
         sub = [s for s in samples if s.kind == kind and s.backend == backend and not s.first]
         sub = [s for s in sub if not s.beside_startup] or sub     # a launch or load beside it slows it
+        quiet = [s for s in sub if not s.beside_launch]           # the launch model and its noise cover these
+        sub = quiet if len(quiet) >= 20 else sub
         sub = [s for s in sub if s.concurrent == 1] or sub
         steady = [s for s in sub if s.page_index >= STEADY_INDEX]
         sub = steady if len(steady) >= 8 else sub      # past the WASM tier-up when there is enough data

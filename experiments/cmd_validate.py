@@ -45,7 +45,7 @@ COLLECT_SUITE = (
     # so a crash at 300 ms fires (10 requests were done in 0.5 s and the crash never happened).
     {"name": "cal: minilm 2 layer crash + failover onto the live browser", "model": "all-MiniLM-L6-v2", "shards": 2,
      "shard_type": "layer", "browsers": ["chromium", "firefox"], "fault_tolerance_level": "low",
-     "recovery_strategy": "failover", "workload": _IT(40, 32),
+     "recovery_strategy": "failover", "workload": _IT(60, 32),
      "faults": [{"type": "browser_crash", "at_ms": 300.0, "browser": "chromium"}]},
     # the same onto a Chromium page that has served for 2.5 s: a later session create on a settled
     # page (measured 4-8 ms/MB) costs far less than one soon after the page's first (settle_load_ms)
@@ -53,11 +53,11 @@ COLLECT_SUITE = (
     # to a page computing beside it
     {"name": "cal: minilm 2 layer crash firefox + failover, spare relaunch beside compute",
      "model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer", "browsers": ["chromium", "firefox"],
-     "fault_tolerance_level": "low", "recovery_strategy": "failover", "workload": _IT(80, 32),
+     "fault_tolerance_level": "low", "recovery_strategy": "failover", "workload": _IT(120, 32),
      "faults": [{"type": "browser_crash", "at_ms": 300.0, "browser": "firefox"}]},
     {"name": "cal: minilm 2 layer crash firefox late, failover onto a settled chromium page",
      "model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer", "browsers": ["chromium", "firefox"],
-     "fault_tolerance_level": "low", "recovery_strategy": "failover", "workload": _IT(60, 32),
+     "fault_tolerance_level": "low", "recovery_strategy": "failover", "workload": _IT(120, 32),
      "faults": [{"type": "browser_crash", "at_ms": 2500.0, "browser": "firefox"}]},
     # a standby page (ready for seconds) that takes a shard over: its first session is cheaper
     # than a first session right after launch. The crash comes 2 s into the workload: a standby can
