@@ -36,7 +36,7 @@ from coordinator.settings import resolve
 from events.store import Store
 from models.partition import make_plan
 from shardtwin.errors import InputError
-from sim.profile import AGED_PAGE_MS, DEFAULT_PROFILE, LAUNCH_NOISE_WINDOW_MS, BackendRate, Profile, background_factor
+from sim.profile import AGED_PAGE_MS, DEFAULT_PROFILE, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS, BackendRate, Profile, background_factor
 
 CLASSES = ("matmul", "attention", "elementwise", "conv")
 RATE_FIELD = {"matmul": "matmul_gflops", "attention": "attention_gflops", "elementwise": "elementwise_gflops",
@@ -50,7 +50,7 @@ QUANTILES = 21           # heartbeat extra-delay quantiles kept in the profile
 # Chromium backgrounds some renderers at nice 5 ~ 0.33). The weight that makes the runs agree best wins.
 WEIGHTS = (1.0, 0.7, 0.5, 0.33, 0.2)
 STEADY_INDEX = 4         # runs in a page before its compute speed is steady (Chromium tier-up)
-NOISE_INDEX = 8          # runs in a page before its run-to-run noise is steady (tier-up bumps at 4-6)
+NOISE_INDEX = STEADY_NOISE_RUNS   # runs in a page before its run-to-run noise is steady (tier-up bumps at 4-6)
 NOISE_MIN_SAMPLES = 30   # fewer steady runs of a kind: keep the lognormal compute_cv model
 LAUNCH_NOISE_MIN_SAMPLES = 20
 USE_UNIT_OVERHEAD = True
@@ -564,6 +564,27 @@ def noise_quantiles(samples: list[Sample], predicted) -> tuple[tuple[float, ...]
                                         "p90": float(np.quantile(xs, 0.9)), "p99": float(np.quantile(xs, 0.99))}
 
 
+def early_noise_quantiles(samples: list[Sample], predicted, warm: tuple[float, float, float] | None
+                          ) -> tuple[tuple[float, ...], dict[str, Any]]:
+    """Runs 1..NOISE_INDEX-1 of a page (warm, alone, beside no startup or launch): compute / (prediction x
+    the warm-up model the simulator applies at that run index), as QUANTILES factors."""
+    factor, tau, extra = warm or (1.0, 0.0, 0.0)
+
+    def model(s: Sample) -> float:
+        p = predicted(s)
+        if tau <= 0:
+            return p
+        d = math.exp(-s.page_index / tau)
+        return p * (1.0 + (factor - 1.0) * d) + extra * d
+    xs = [s.compute_ms / model(s) for s in samples if not s.first and 0 < s.page_index < NOISE_INDEX
+          and s.concurrent == 1 and not s.beside_startup and not s.beside_launch]
+    if len(xs) < LAUNCH_NOISE_MIN_SAMPLES:
+        return (), {"n": len(xs), "fitted": False}
+    a = np.array(xs)
+    return _winsorized_quantiles(a), {"n": len(xs), "fitted": True, "median": float(np.median(a)),
+                                      "p90": float(np.quantile(a, 0.9))}
+
+
 def launch_slowdown(run: RunData, s: Sample, launch: dict[str, tuple[float, float, float]],
                     tail: dict[str, tuple[float, float]], weight: float, cores: float) -> float:
     """The slowdown the simulator's launch model gives run `s` (a burst of launch threads over the first
@@ -761,6 +782,11 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
                     lambda r, s: launch_slowdown(r, s, launch_model, launch_tail, weight.get(kind, 1.0), cores))
                 if lq:
                     ch["launch_noise_quantiles"] = lq
+                eq, residuals[f"early_noise.{kind}"] = early_noise_quantiles(
+                    [s for s in samples if s.kind == kind and (s.kind, s.backend) in fitted_rates], predicted,
+                    warm.get(kind))
+                if eq:
+                    ch["early_noise_quantiles"] = eq
         own_cv = [r["log_ratio_sd"] for k, r in residuals.items() if k.startswith(f"compute.{kind}.") and r.get("n", 0) > 2]
         if own_cv:
             ch["compute_cv"] = float(np.median(own_cv))

@@ -363,6 +363,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             ln = bp.launch_noise_quantiles
             out(f"    noise (measured/predicted, n={nz.get('n')}): p10 x{q[2]:.2f}, median x{q[10]:.2f}, p90 x{q[18]:.2f}"
                 + (f"; beside a launch p90 x{ln[18]:.2f}" if ln else "")
+                + (f"; runs 1-7 of a page p90 x{bp.early_noise_quantiles[18]:.2f}" if bp.early_noise_quantiles else "")
                 + (f"; after its hello the browser works {bp.launch_tail_ms:.0f} ms on {bp.launch_tail_threads:.2f} cores"
                    if bp.launch_tail_ms else "") + "\n")
     out(f"  link {prof.link_mb_per_s:.0f} MB/s; load {prof.session_create_ms:.0f} ms + "

@@ -34,6 +34,9 @@ AGED_PAGE_MS = 1000.0   # a page ready this long before its first load counts as
 # A run that starts while another browser launches, or within this long after it said hello, draws
 # its noise from launch_noise_quantiles (when calibrated): measured runs there are spiky.
 LAUNCH_NOISE_WINDOW_MS = 1500.0
+# Runs in a page before its noise is steady (Chromium's WASM tier-up bumps runs 4-6): earlier runs
+# (but the first) draw from early_noise_quantiles when calibrated.
+STEADY_NOISE_RUNS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,8 @@ class BrowserProfile:
     # median: measured mostly unslowed with spikes of 2-6x. The launch's own CPU model (launch_threads,
     # launch_tail_ms) gives the median; this gives the spread. () : compute_noise_quantiles there too.
     launch_noise_quantiles: tuple[float, ...] = ()
+    # The same for a page's runs 1..STEADY_NOISE_RUNS-1, relative to the warm-up model (tier-up bumps).
+    early_noise_quantiles: tuple[float, ...] = ()
     cpu_weight: float = 1.0       # CFS weight of its renderer vs a nice-0 process (Chromium renders at nice 5: ~0.33)
     # A launch's CPU (cpu_bound_startup): a burst of `launch_threads` cores at nice 0 over the first
     # `launch_cpu_fraction` of launch_ms, then waiting (measured: Firefox starts its processes up front
@@ -175,7 +180,7 @@ def profile_from_dict(d: Mapping[str, Any]) -> Profile:
         bd = dict(_strict(BrowserProfile, bd, f"browsers.{k}"))
         bd["backends"] = {bk: BackendRate(**_strict(BackendRate, bv, f"browsers.{k}.backends.{bk}"))
                           for bk, bv in dict(bd.get("backends", {})).items()}
-        for q in ("compute_noise_quantiles", "launch_noise_quantiles"):
+        for q in ("compute_noise_quantiles", "launch_noise_quantiles", "early_noise_quantiles"):
             if q in bd:
                 bd[q] = tuple(bd[q])
         browsers[k] = BrowserProfile(**bd)

@@ -30,7 +30,7 @@ from events.schema import Event, EventKind
 from models.partition import ShardPlan
 from sim.calls import Draws, call_later
 from sim.host import Host
-from sim.profile import AGED_PAGE_MS, LAUNCH_NOISE_WINDOW_MS, Profile, background_factor
+from sim.profile import AGED_PAGE_MS, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS, Profile, background_factor
 
 STREAMS = ("launch", "heartbeat", "compute", "mtbf")
 
@@ -89,6 +89,8 @@ class SimWorld:
                        for k, b in profile.browsers.items() if b.compute_noise_quantiles}
         self._launch_noise = {k: (np.linspace(0.0, 1.0, len(b.launch_noise_quantiles)), np.asarray(b.launch_noise_quantiles))
                               for k, b in profile.browsers.items() if b.launch_noise_quantiles}
+        self._early_noise = {k: (np.linspace(0.0, 1.0, len(b.early_noise_quantiles)), np.asarray(b.early_noise_quantiles))
+                             for k, b in profile.browsers.items() if b.early_noise_quantiles}
         self._launching: dict[str, float] = {}   # browser -> end of its launch noise window (inf: launching)
         self.pages: dict[str, Page] = {}
         self.timers: dict[Any, int] = {}
@@ -380,6 +382,8 @@ class SimWorld:
         if page.pressure:
             ms *= self.p.pressure_slowdown[page.pressure]
         noise = self._noise.get(page.kind)
+        if 0 < page.runs < STEADY_NOISE_RUNS and page.kind in self._early_noise:
+            noise = self._early_noise[page.kind]
         if self._launch_noise and page.kind in self._launch_noise and self._beside_launch(page.id):
             noise = self._launch_noise[page.kind]
         if noise is not None:   # empirical noise (calibrated): inverse CDF of a uniform draw

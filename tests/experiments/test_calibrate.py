@@ -319,3 +319,35 @@ def test_fit_recovers_the_cost_of_a_session_create_soon_after_the_first(tmp_path
     assert ch.settle_ms == pytest.approx(1000.0, rel=0.35), fit.residuals["load"]
     assert abs(ch.load_ms - 20.0) < 10.0 and rel(ch.load_ms_per_mb, 6.0) < 0.05, (ch.load_ms, ch.load_ms_per_mb)
     assert ff.settle_load_ms == 0.0        # Firefox's later loads follow its line: no settle term earned
+
+
+def test_early_runs_draw_their_own_noise_and_the_fit_finds_it():
+    """Runs 1..STEADY_NOISE_RUNS-1 of a page draw from early_noise_quantiles (measured: Chromium's
+    tier-up makes them slower and spikier), later runs from compute_noise_quantiles; the fit of
+    sim-made runs gives the early set back."""
+    import tempfile
+    from experiments.calibrate import extract, fit_profile
+    from sim.profile import STEADY_NOISE_RUNS
+    base = known_profile()
+    prof = dataclasses.replace(base, browsers={k: dataclasses.replace(b, compute_noise_quantiles=(1.0, 1.0),
+                                                                      early_noise_quantiles=(1.5, 2.5))
+                                               if k in ("chromium", "firefox") else b
+                                               for k, b in base.browsers.items()})
+    with tempfile.TemporaryDirectory() as d:
+        db = f"{d}/early.duckdb"
+        ids = []
+        # one browser per run: no other browser's launch beside the early runs (those draw launch noise)
+        for i, order in enumerate((["chromium"], ["firefox"], ["chromium"], ["chromium"], ["chromium"])):
+            s = parse_scenario({"model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer", "browsers": order,
+                                "seed": i, "workload": {"kind": "iterations", "iterations": 40, "batch_size": 1,
+                                                        "seq_len": 32}})
+            ids.append(simulate_and_store(s, prof, db)["run_id"])
+        with Store(db) as st:
+            runs = [extract(st, r) for r in ids]
+            fit = fit_profile(runs, P, main_thread=False)
+    steady = [s.compute_ms for r in runs for s in r.samples if s.kind == "chromium" and s.page_index >= STEADY_NOISE_RUNS]
+    early = [s.compute_ms for r in runs for s in r.samples if s.kind == "chromium" and 0 < s.page_index < STEADY_NOISE_RUNS
+             and not s.first]
+    assert min(early) >= 1.45 * max(steady) and max(early) <= 2.55 * min(steady)
+    q = fit.browsers["chromium"].early_noise_quantiles
+    assert len(q) == 21 and q[-1] / q[0] == pytest.approx(2.5 / 1.5, rel=0.15), (q, fit.residuals["early_noise.chromium"])
