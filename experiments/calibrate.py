@@ -258,18 +258,10 @@ def fit_compute(samples: list[Sample], base: BackendRate) -> tuple[BackendRate, 
     weight = np.array([PRIOR_WEIGHT[c] for c in CLASSES])[active]
     nc = len(CLASSES)
 
-    # every shard shape (model, shard, sequence length) weighs the same in total: the collect has
-    # hundreds of short-sequence runs and a dozen long ones, and the long ones alone tell the
-    # attention rate apart (unweighted, Chromium's matmul/attention split moved 28/20 <-> 36/8 GFLOPS
-    # between collects)
-    shape = [(round(float(g.sum()), 6), s.units) for g, s in zip(G, samples)]
-    count = {k: shape.count(k) for k in set(shape)}
-    sw = np.sqrt(np.array([len(shape) / (len(count) * count[k]) for k in shape]))
-
     def resid(p: np.ndarray) -> np.ndarray:
         # multiplicative noise (host load stretches a run): relative residuals, robust loss
         k = k0 * np.exp(p[:nc])
-        data = sw * (np.log(np.maximum(G @ k + U * p[nc] + p[nc + 1], 1e-6)) - np.log(y))
+        data = np.log(np.maximum(G @ k + U * p[nc] + p[nc + 1], 1e-6)) - np.log(y)
         prior = weight * math.sqrt(len(y)) * p[:nc][active]
         return np.concatenate([data, prior, [UNIT_PRIOR * math.sqrt(len(y)) * p[nc]]])
     u_hi = max(float(np.min(y / np.maximum(U, 1))), 1e-3) if per_unit else 1e-9
