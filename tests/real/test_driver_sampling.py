@@ -27,7 +27,7 @@ def test_memory_sampling_leaves_the_event_loop_free():
         handle = _SlowHandle()
         seen: list = []
         browser = types.SimpleNamespace(live=True, handle=handle)
-        fake = types.SimpleNamespace(sample_every_s=0.0, browsers={"chromium-0": browser},
+        fake = types.SimpleNamespace(first_sample_s=0.0, sample_every_s=0.0, browsers={"chromium-0": browser},
                                      _drop_finished_outputs=lambda: None, now=lambda: 0.0, observe=seen.append)
         sampler = asyncio.create_task(RealDriver._sample_memory(fake))
         await asyncio.sleep(0.05)          # the sampler is inside pss_mb now; this coroutine still runs
