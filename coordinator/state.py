@@ -188,6 +188,7 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
             bs = st.browsers[b]
             _seen(bs, t)
             bs.loading.discard(s)
+            bs.load_since_beat = True   # the gap now open overlapped this load (it began before the last beat)
             if bs.status in (READY, LAUNCHING):
                 bs.loaded.add(s)
                 sh = st.shards[s]

@@ -97,3 +97,18 @@ def test_no_false_suspicion_with_steady_heartbeats(fake, cfg_for):
     drv = fake(cfg_for(HIGH)).clients(concurrency=2, deadline_ms=5000.0)
     drv.run()
     assert not drv.records(r.FailureSuspected) and not drv.records(r.FailureDetected)
+
+
+def test_a_gap_that_a_shard_load_overlapped_stays_out_of_the_phi_window(cfg_for, rebuilt):
+    """Chromium's first load blocks its heartbeats for ~2 s: the gap from the last beat during the
+    load to the first beat after it is not rhythm (found in a real verify run: a 1,899 ms gap in
+    the window made phi wait 2,032 ms instead of ~450 ms)."""
+    cfg = cfg_for(HIGH)
+    b = "chromium-0"
+    log = [r.BrowserLaunchRequested(0.0, browser=b, kind="chromium", incarnation=1),
+           r.BrowserReady(0.0, browser=b, launch_ms=500.0), r.HeartbeatReceived(100.0, browser=b),
+           r.ShardLoadStarted(150.0, shard=0, browser=b), r.HeartbeatReceived(350.0, browser=b),
+           r.ShardLoaded(2000.0, shard=0, browser=b, load_ms=1850.0), r.HeartbeatReceived(2100.0, browser=b),
+           r.HeartbeatReceived(2350.0, browser=b), r.HeartbeatReceived(2610.0, browser=b)]
+    st = rebuilt(cfg, log)
+    assert st.browsers[b].gaps == [250.0, 260.0]
