@@ -440,11 +440,48 @@ def false_suspicions(store: Store, run_id: str) -> tuple[int, float]:
     return false, hours
 
 
+def _recurrence(gaps: Iterable[float]) -> float:
+    """Mean forward-recurrence time of a renewal stream with these gaps: E[g^2] / (2 E[g])."""
+    g = np.asarray(list(gaps), dtype=float)
+    return float(np.mean(g ** 2) / (2 * np.mean(g))) if len(g) else 0.0
+
+
+def page_activity(events: list[dict[str, Any]], browser: str, at_ms: float, span_ms: float = 2000.0
+                  ) -> tuple[float, float, float | None]:
+    """Over the span_ms before at_ms, `browser`'s (busy share, expected residual ms of a shard run in
+    progress, expected age of its last sign of life (heartbeat or answer) when idle; None: none seen),
+    from its SHARD_STARTED -> SHARD_COMPLETED round trips and heartbeats."""
+    started: dict[tuple, float] = {}
+    spans, life = [], []
+    for e in events:
+        if e["browser"] != browser or not at_ms - span_ms <= e["t_ms"] < at_ms + 1000.0:
+            continue
+        key = (e.get("request_id"), e.get("shard"), e.get("attempt"))
+        if e["kind"] == "shard_started":
+            started[key] = e["t_ms"]
+        elif e["kind"] == "shard_completed" and key in started:
+            t0, t1 = started.pop(key), e["t_ms"]
+            if t1 > at_ms - span_ms and t0 < at_ms:
+                spans.append((t0, t1))
+        if e["kind"] in ("heartbeat_received", "shard_completed", "shard_loaded") and e["t_ms"] < at_ms:
+            life.append(e["t_ms"])
+    age = _recurrence(np.diff(life)) if len(life) > 2 else None
+    if not spans:
+        return 0.0, 0.0, age
+    busy = sum(min(t1, at_ms) - max(t0, at_ms - span_ms) for t0, t1 in spans) / span_ms
+    return min(max(busy, 0.0), 1.0), _recurrence(t1 - t0 for t0, t1 in spans), age
+
+
 def window_detection(rec: dict[str, Any], level: str, extra: dict[str, list[float]], startup_ms: list[float],
-                     beats: int) -> float:
+                     beats: int, busy: float = 0.0, residual_ms: float = 0.0, age_ms: float | None = None) -> float:
     """Expected hang detection when the detector's window holds the startup gap (ready -> first
     heartbeat, which spans Chromium's blocked first load) and `beats` ordinary gaps: the phi
-    detector's mean and spread include that long gap until 100 heartbeats pushed it out."""
+    detector's mean and spread include that long gap until 100 heartbeats pushed it out.
+    Silence starts at the page's last sign of life (a heartbeat or any answer). Idle, that is on
+    average a forward-recurrence time of those signs before the hang (`age_ms`; default: of the
+    heartbeat gaps); busy (share `busy`), the page only hangs once the shard run in progress ends
+    and its answer went out, on average `residual_ms` after the hang was sent (measured: 431 ms
+    for a 400 ms timeout, where the heartbeat-only formula said 333)."""
     h = rec["heartbeat_interval_ms"]
     ex = extra.get("load") if len(extra.get("load", [])) >= 5 else extra.get("idle", [])
     gaps = [max(h + x, 1.0) for x in ex]
@@ -453,7 +490,8 @@ def window_detection(rec: dict[str, Any], level: str, extra: dict[str, list[floa
     q = np.quantile(gaps, (np.arange(beats) + 0.5) / max(beats, 1)) if beats else []
     window = ([float(np.median(startup_ms))] if startup_ms and beats < 100 else []) + list(q)
     t = s.detector_timeout_ms if s.detector == "fixed" else phi_timeout(window, s)
-    return max(t - float(np.mean(np.square(gaps)) / (2 * np.mean(gaps))), 0.0)
+    age = _recurrence(gaps) if age_ms is None else age_ms
+    return max(t - (1.0 - busy) * age + busy * residual_ms, 0.0)
 
 
 def verify(level: str, rec: dict[str, Any], db: str, profile, out=sys.stdout.write,
@@ -476,20 +514,31 @@ def verify(level: str, rec: dict[str, Any], db: str, profile, out=sys.stdout.wri
     sim_det = (rows.get(("sim", "hang")) or {}).get("detection_ms")
     steady = rec["predicted_detection_ms"]
     pred = steady
+    busy = residual = 0.0
+    age: float | None = None
     if extra is not None and s.workload.kind.value == "closed_loop":
         hang_at = next(f.at_ms for f in s.faults if f.type == "hang")
-        pred = window_detection(rec, level, extra, startup_ms or [], int(hang_at // rec["heartbeat_interval_ms"]))
+        with Store(db) as store:
+            ev = store.query("SELECT t_ms, kind, browser, request_id, shard, attempt, detail FROM events "
+                             "WHERE run_id = ? ORDER BY seq", [real_id])
+        inj = next((e for e in ev if e["kind"] == "fault_injected" and e["browser"]
+                    and json.loads(e["detail"] or "{}").get("fault") == "hang"), None)
+        if inj is not None:      # how busy the hung page was: the workload's shape, not the outcome
+            busy, residual, age = page_activity(ev, inj["browser"], inj["t_ms"])
+        pred = window_detection(rec, level, extra, startup_ms or [], int(hang_at // rec["heartbeat_interval_ms"]),
+                                busy, residual, age)
     expected = rec["false_suspicions_per_h"] * hours
     det_err = None if measured is None else abs(measured - pred) / pred * 100
     ok_det = det_err is not None and det_err <= 20.0
     ok_false = false <= poisson.ppf(0.975, expected)
     res = {"level": level, "real_run": real_id, "sim_run": sim_id, "measured_hang_detection_ms": measured,
-           "predicted_detection_ms": pred, "steady_state_prediction_ms": steady, "sim_hang_detection_ms": sim_det, "detection_err_pct": det_err,
+           "predicted_detection_ms": pred, "steady_state_prediction_ms": steady, "hung_page_busy_share": busy,
+           "run_residual_ms": residual, "sim_hang_detection_ms": sim_det, "detection_err_pct": det_err,
            "false_suspicions": false, "browser_hours": hours, "expected_false_suspicions": expected,
            "crash_detection_ms": (rows.get(("real", "browser_crash")) or {}).get("detection_ms"),
            "ok_detection": bool(ok_det), "ok_false_suspicions": bool(ok_false), "ok": bool(ok_det and ok_false)}
     out(f"verify {level} (real run {real_id}): hang detected after {_ms(measured)} (predicted {pred:.0f} ms by QoS "
-        f"for this run's detector window, {steady:.0f} ms in steady state, "
+        f"for this run's detector window and a page {busy:.0%} busy, {steady:.0f} ms in steady state, "
         f"{_ms(sim_det)} by sim; error {_pct(det_err)}: {'ok' if ok_det else 'MISS'} within 20%); "
         f"false suspicions {false} in {hours * 3600:.0f} browser-s (expected {expected:.2g}): "
         f"{'ok' if ok_false else 'MISS'}\n")

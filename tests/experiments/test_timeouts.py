@@ -93,3 +93,19 @@ def test_command_without_gaps_is_one_line(tmp_path, capsys):
     assert main(["timeouts", "--db", str(tmp_path / "e.duckdb")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--collect" in err
+
+
+def test_a_busy_page_starts_its_silence_late_not_early():
+    """A hang sent to a page half busy with 10 ms shard runs (an answer every 20 ms): the page ends the
+    run in progress (5 ms on average) and answers before it hangs, and when idle its last sign of life
+    is an answer ~10 ms old, not a heartbeat half an interval old: detection = timeout + 0.5 * 5 -
+    0.5 * 10, not timeout - the heartbeat recurrence."""
+    from experiments.timeouts import page_activity
+    ev = []
+    for i in range(100):
+        t0 = 20.0 * i
+        ev += [{"t_ms": t0, "kind": "shard_started", "browser": "chromium-0", "request_id": i, "shard": 0, "attempt": 0},
+               {"t_ms": t0 + 10.0, "kind": "shard_completed", "browser": "chromium-0", "request_id": i, "shard": 0,
+                "attempt": 0}]
+    busy, residual, age = page_activity(ev, "chromium-0", 2000.0)
+    assert busy == pytest.approx(0.5) and residual == pytest.approx(5.0) and age == pytest.approx(10.0)
