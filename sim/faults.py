@@ -64,8 +64,14 @@ def _disconnect(w: SimWorld, page: Page, delay_ms: float | None) -> None:
 
 
 def _hang(w: SimWorld, page: Page, duration_ms: float | None) -> None:
-    """The page's main thread spins (the real fault is a busy loop): no heartbeats, no progress of
-    its shard run, and one core of the host busy at the page's weight until it wakes or dies."""
+    """The page's main thread spins (the real fault is a busy loop): no heartbeats, no progress,
+    and one core of the host busy at the page's weight until it wakes or dies. A page in the middle
+    of a shard run or a load finishes it and answers first (its main thread takes the hang message
+    after the task in progress), as the real page does."""
+    if page.job is not None or page.creating:
+        inc = page.incarnation
+        page.after_task.append(lambda: _hang(w, page, duration_ms) if page.alive and page.incarnation == inc else None)
+        return
     page.hung = True
     if page.job is not None:
         w.host.pause(page.job, True)

@@ -56,6 +56,7 @@ class Page:
     hb_pending: bool = False          # a heartbeat fell due during a shard run
     spin: int | None = None           # host job of a hang's busy loop
     tail: int | None = None           # host job of the browser's work after its launch (launch_tail_ms)
+    after_task: list = field(default_factory=list)   # actions waiting for the task in progress (a hang)
     runs: int = 0                     # shard runs started in this page
     sessions: int = 0                 # sessions created in this page
     ready_at: float = 0.0             # when the page said hello
@@ -344,6 +345,7 @@ class SimWorld:
             took = ms if (not self.p.cpu_bound_startup and started == item.asked) else self.env.now - item.asked
             self._deliver(page, item.epoch, lambda now: r.ShardLoaded(now, shard=cmd.shard, browser=page.id,
                                                                       load_ms=took))
+            self._after_task(page)
             self._next_job(page)
         self._busy(ms, loaded, 1.0, self.p.browsers[page.kind].cpu_weight)
 
@@ -448,7 +450,15 @@ class SimWorld:
             self.at(self.hop_ms(out) + self._hop_overhead(page), lambda: self._deliver(page, epoch, lambda now: r.ShardCompleted(
                 now, request_id=cmd.request_id, shard=cmd.shard, browser=page.id, attempt=cmd.attempt,
                 compute_ms=compute)))
+        self._after_task(page)
         self._next_job(page)
+
+    def _after_task(self, page: Page) -> None:
+        """Messages the page's main thread received during the task it just finished (its answer
+        went out first), e.g. a hang: measured, a real page finishes the run it is in, answers,
+        and only then spins."""
+        while page.after_task:
+            page.after_task.pop(0)()
 
     # --- faults -------------------------------------------------------------------
 

@@ -30,3 +30,26 @@ def test_a_page_runs_its_loads_one_after_another():
     assert first.t_ms - started[0].t_ms == pytest.approx(lat + 50.0 + 2.0 * mb[first.shard] + 1000.0)
     assert second.t_ms - first.t_ms == pytest.approx(lat + 50.0 + 2.0 * mb[second.shard])   # queued, no init
     assert second.value == pytest.approx(second.t_ms - started[1].t_ms)     # its load time includes the wait
+
+
+def test_a_hang_waits_for_the_shard_run_in_progress_and_its_answer():
+    """A real page takes the hang message after the task it is in: the run in progress completes and
+    is answered, then nothing more comes from the page (no heartbeat, no answer)."""
+    from events.scenario import parse_scenario
+    from events.schema import EventKind as K
+    from sim.profile import DEFAULT_PROFILE as P
+    from sim.run import run_scenario
+    s = parse_scenario({"model": "bert-base-uncased", "shards": 1, "shard_type": "layer", "browsers": ["chromium"],
+                        "fault_tolerance_level": "none",
+                        "workload": {"kind": "iterations", "iterations": 5},
+                        "faults": [{"type": "hang", "at_ms": 50.0, "browser": "chromium"}]})
+    ev = run_scenario(s, P).log.events
+    hang = next(e for e in ev if e.kind == K.FAULT_INJECTED)
+    b = hang.browser
+    running = [e for e in ev if e.kind == K.SHARD_STARTED and e.browser == b and e.t_ms < hang.t_ms]
+    after = [e for e in ev if e.browser == b and e.t_ms > hang.t_ms
+             and e.kind in (K.SHARD_COMPLETED, K.HEARTBEAT_RECEIVED)]
+    assert running, "the hang must land during a shard run"
+    done = [e for e in after if e.kind == K.SHARD_COMPLETED]
+    assert len(done) == 1 and done[0].request_id == running[-1].request_id      # the run in progress is answered
+    assert not [e for e in after if e.t_ms > done[0].t_ms]                       # then the page is silent
