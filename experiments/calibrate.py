@@ -53,8 +53,6 @@ STEADY_INDEX = 4         # runs in a page before its compute speed is steady (Ch
 NOISE_INDEX = STEADY_NOISE_RUNS   # runs in a page before its run-to-run noise is steady (tier-up bumps at 4-6)
 NOISE_MIN_SAMPLES = 30   # fewer steady runs of a kind: keep the lognormal compute_cv model
 LAUNCH_NOISE_MIN_SAMPLES = 20
-USE_UNIT_OVERHEAD = True
-UNIT_PRIOR = 0.05        # per ms of unit overhead: the data must earn it (it trades against FLOP rates)
 TAIL_WINDOW_MS = LAUNCH_NOISE_WINDOW_MS   # after a BROWSER_READY: the launched browser may still be working
 TAIL_WINDOWS = (250.0, 500.0, 750.0, 1000.0, 1500.0)
 SETTLE_TAUS = (500.0, 1000.0, 1500.0, 2000.0, 3000.0)
@@ -83,7 +81,6 @@ class Sample:
     queued: bool = False         # another run of the same page overlapped its round trip (waited in the page)
     page_index: int = 0          # runs this page incarnation completed before this one
     beside_startup: bool = False  # another page launched or loaded during most of this run
-    units: int = 0               # units of the shard (embedding / attention / feed-forward blocks)
     beside_launch: bool = False  # started while another browser launched or within LAUNCH_NOISE_WINDOW_MS after
 
 
@@ -160,8 +157,7 @@ def extract(store: Store, run_id: str) -> RunData:
                 run_id, kind_of(b), backend.get(b, str(s.backend)),
                 {c: spec.flops_by_class.get(c, 0.0) / 1e9 for c in CLASSES},
                 float(spec.input_bytes + spec.output_bytes), float(e["value"]), t - t0,
-                t - float(e["value"]), t, b, first=key not in warmed, page_index=runs_in_page[b] - 1,
-                units=len(spec.units)))
+                t - float(e["value"]), t, b, first=key not in warmed, page_index=runs_in_page[b] - 1))
             warmed.add(key)
         elif k == "shard_load_started":
             loading[(b, e["shard"])] = t
@@ -243,42 +239,36 @@ def _robust_linear(X: np.ndarray, y: np.ndarray, x0: np.ndarray, scale: float) -
 
 
 def fit_compute(samples: list[Sample], base: BackendRate) -> tuple[BackendRate, dict[str, Any]]:
-    """ms = sum_c GFLOP_c * k_c + units * unit_overhead + overhead over warm uncontended samples
-    (see module rules)."""
+    """ms = sum_c GFLOP_c * k_c + overhead over warm uncontended samples (see module rules)."""
     if not samples:
         return base, {"n": 0, "fitted": False}
     G = np.array([[s.gflops[c] for c in CLASSES] for s in samples])
-    U = np.array([float(s.units) for s in samples])
     y = np.array([s.compute_ms for s in samples])
     k0 = np.array([1000.0 / getattr(base, RATE_FIELD[c]) for c in CLASSES])
     active = G.max(axis=0) > 0
-    # a per-unit cost is identifiable only when unit counts vary apart from FLOPs
-    per_unit = USE_UNIT_OVERHEAD and len(set(U.tolist())) >= 2 and len({round(float(g), 3) for g in G.sum(axis=1) / np.maximum(U, 1)}) >= 2
 
     weight = np.array([PRIOR_WEIGHT[c] for c in CLASSES])[active]
-    nc = len(CLASSES)
 
     def resid(p: np.ndarray) -> np.ndarray:
         # multiplicative noise (host load stretches a run): relative residuals, robust loss
-        k = k0 * np.exp(p[:nc])
-        data = np.log(np.maximum(G @ k + U * p[nc] + p[nc + 1], 1e-6)) - np.log(y)
-        prior = weight * math.sqrt(len(y)) * p[:nc][active]
-        return np.concatenate([data, prior, [UNIT_PRIOR * math.sqrt(len(y)) * p[nc]]])
-    u_hi = max(float(np.min(y / np.maximum(U, 1))), 1e-3) if per_unit else 1e-9
-    lo = np.concatenate([np.full(nc, -8.0), [0.0, 0.0]])
-    hi = np.concatenate([np.full(nc, 8.0), [u_hi, max(float(np.min(y)), 1.0)]])
-    p0 = np.concatenate([np.zeros(nc), [min(base.unit_overhead_ms, 0.5 * u_hi), min(base.run_overhead_ms, 0.5 * hi[-1])]])
+        k = k0 * np.exp(p[:-1])
+        data = np.log(np.maximum(G @ k + p[-1], 1e-6)) - np.log(y)
+        prior = weight * math.sqrt(len(y)) * p[:-1][active]
+        return np.concatenate([data, prior])
+    lo = np.concatenate([np.full(len(CLASSES), -8.0), [0.0]])
+    hi = np.concatenate([np.full(len(CLASSES), 8.0), [max(float(np.min(y)), 1.0)]])
+    p0 = np.concatenate([np.zeros(len(CLASSES)), [min(base.run_overhead_ms, 0.5 * hi[-1])]])
     p = least_squares(resid, p0, bounds=(lo, hi), loss="soft_l1", f_scale=0.1).x
-    k = k0 * np.exp(p[:nc])
-    pred = G @ k + U * p[nc] + p[nc + 1]
-    rate = dataclasses.replace(base, run_overhead_ms=float(p[nc + 1]), unit_overhead_ms=float(p[nc]) if per_unit else 0.0,
+    k = k0 * np.exp(p[:-1])
+    pred = G @ k + p[-1]
+    rate = dataclasses.replace(base, run_overhead_ms=float(p[-1]),
                                **{RATE_FIELD[c]: float(1000.0 / k[i]) for i, c in enumerate(CLASSES)})
     lr = np.log(y / pred)
     runs = np.array([s.run_id for s in samples])
     per_run = {r: float(np.median(lr[runs == r])) for r in set(runs)}
     within = lr - np.array([per_run[r] for r in runs])
     return rate, {"n": len(y), "fitted": True, **_residual_stats(y, pred),
-                  "fitted_classes": [c for c, a in zip(CLASSES, active) if a], "unit_overhead_fitted": per_unit,
+                  "fitted_classes": [c for c, a in zip(CLASSES, active) if a],
                   "log_ratio_sd": float(np.std(within)) if len(y) > 1 else 0.0,
                   "run_to_run_sd": float(np.std(list(per_run.values()))) if len(per_run) > 1 else 0.0,
                   "per_run_median_ratio": {r: math.exp(v) for r, v in sorted(per_run.items())}}
@@ -292,8 +282,7 @@ def _residual_stats(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 def predict_compute(rate: BackendRate, s: Sample) -> float:
-    return (sum(s.gflops[c] * 1000.0 / getattr(rate, RATE_FIELD[c]) for c in CLASSES)
-            + s.units * rate.unit_overhead_ms + rate.run_overhead_ms)
+    return sum(s.gflops[c] * 1000.0 / getattr(rate, RATE_FIELD[c]) for c in CLASSES) + rate.run_overhead_ms
 
 
 def fit_hops(samples: list[Sample], link_latency_ms: float) -> tuple[dict[str, float], float, dict[str, Any]]:

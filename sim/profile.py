@@ -24,10 +24,6 @@ class BackendRate:
     threads: float = 1.0          # host cores one run occupies
     run_overhead_ms: float = 1.0  # per shard run: tensor creation, dispatch, session.run entry
     readback_ms: float = 0.0      # per run: GPU -> CPU readback (webgpu)
-    # per unit of the shard (an embedding, attention or feed-forward block: ~15-30 ONNX nodes):
-    # operator dispatch and small-tensor work that does not scale with FLOPs (calibrated; measured
-    # here it is what makes MiniLM's small matmuls run at a lower effective rate than BERT's)
-    unit_overhead_ms: float = 0.0
 
 
 AGED_PAGE_MS = 1000.0   # a page ready this long before its first load counts as settled (page_init_aged_ms)

@@ -369,8 +369,6 @@ class SimWorld:
         f = spec.flops_by_class
         ms = (f.get("matmul", 0.0) / rate.matmul_gflops + f.get("attention", 0.0) / rate.attention_gflops
               + f.get("elementwise", 0.0) / rate.elementwise_gflops + f.get("conv", 0.0) / rate.conv_gflops) / 1e6
-        if rate.unit_overhead_ms:
-            ms += len(spec.units) * rate.unit_overhead_ms
         ms = ms * page.slow + rate.run_overhead_ms + rate.readback_ms
         bp = self.p.browsers[page.kind]
         if bp.warmup_runs > 0:
