@@ -332,6 +332,18 @@ def playwright_server(tmp_path: Path):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
     finally:
+        # the server's Chromium can outlive the group kill by a moment (its zygotes leave the group)
+        # and write into its profile while the dir is removed: end every process that names the dir first
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            left = [p for p in psutil.process_iter(["cmdline"])
+                    if any(tmp in a for a in (p.info["cmdline"] or ()))]
+            if not left:
+                break
+            for p in left:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            time.sleep(0.1)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
