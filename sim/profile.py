@@ -8,6 +8,7 @@ labelled `calibrated: false` until `shardtwin calibrate` replaces it.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -77,9 +78,9 @@ class BrowserProfile:
     # spaced probabilities 0..1 (calibrated from steady runs; measured: a tight core a few % below
     # the fit plus a right tail). When given it replaces the lognormal compute_cv model.
     compute_noise_quantiles: tuple[float, ...] = ()
-    # The same for a run beside another browser's launch (LAUNCH_NOISE_WINDOW_MS), divided by its
-    # median: measured mostly unslowed with spikes of 2-6x. The launch's own CPU model (launch_threads,
-    # launch_tail_ms) gives the median; this gives the spread. () : compute_noise_quantiles there too.
+    # The same for a run beside another browser's launch (LAUNCH_NOISE_WINDOW_MS), relative to the
+    # slowdown the launch's own CPU model (launch_threads, launch_tail_ms) gives it: measured mostly
+    # unslowed with spikes of 2-6x. () : compute_noise_quantiles there too.
     launch_noise_quantiles: tuple[float, ...] = ()
     # The same for a page's runs 1..STEADY_NOISE_RUNS-1, relative to the warm-up model (tier-up bumps).
     early_noise_quantiles: tuple[float, ...] = ()
@@ -144,6 +145,14 @@ class Profile:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+
+def warm_ms(ms: float, runs: float, factor: float, tau: float, extra_ms: float) -> float:
+    """A page's run after `runs` earlier runs under the decaying warm-up (tau = warmup_runs > 0):
+    ms * (1 + (factor - 1) * d) + extra_ms * d, d = exp(-runs / tau). Shared by the simulator and
+    the fit of the early-run noise."""
+    d = math.exp(-runs / tau)
+    return ms * (1.0 + (factor - 1.0) * d) + extra_ms * d
 
 
 def background_factor(host_cores: float, weight: float, background: float) -> float:

@@ -30,7 +30,8 @@ from events.schema import Event, EventKind
 from models.partition import ShardPlan
 from sim.calls import Draws, call_later
 from sim.host import Host
-from sim.profile import AGED_PAGE_MS, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS, Profile, background_factor
+from sim.profile import (AGED_PAGE_MS, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS, Profile, background_factor,
+                         warm_ms)
 
 STREAMS = ("launch", "heartbeat", "compute", "mtbf")
 
@@ -63,6 +64,11 @@ class Page:
     first_load_end: float | None = None   # when its first session create ended (settle_load_ms)
 
 
+def _inverse_cdf(quantiles) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated quantiles at evenly spaced probabilities 0..1, ready for np.interp(u, *table)."""
+    return np.linspace(0.0, 1.0, len(quantiles)), np.asarray(quantiles, dtype=float)
+
+
 @dataclass(frozen=True, slots=True)
 class _PendingLoad:
     cmd: c.LoadShard
@@ -86,12 +92,10 @@ class SimWorld:
         self._hb_uniform = Draws(self.rng["heartbeat"], uniform=True)
         self._compute_normal = Draws(self.rng["compute"])
         self._compute_uniform = Draws(self.rng["compute"], uniform=True)
-        self._noise = {k: (np.linspace(0.0, 1.0, len(b.compute_noise_quantiles)), np.asarray(b.compute_noise_quantiles))
-                       for k, b in profile.browsers.items() if b.compute_noise_quantiles}
-        self._launch_noise = {k: (np.linspace(0.0, 1.0, len(b.launch_noise_quantiles)), np.asarray(b.launch_noise_quantiles))
-                              for k, b in profile.browsers.items() if b.launch_noise_quantiles}
-        self._early_noise = {k: (np.linspace(0.0, 1.0, len(b.early_noise_quantiles)), np.asarray(b.early_noise_quantiles))
-                             for k, b in profile.browsers.items() if b.early_noise_quantiles}
+        # empirical compute noise per browser kind: (probabilities, quantiles) for an inverse CDF
+        self._noise, self._launch_noise, self._early_noise = (
+            {k: _inverse_cdf(getattr(b, f)) for k, b in profile.browsers.items() if getattr(b, f)}
+            for f in ("compute_noise_quantiles", "launch_noise_quantiles", "early_noise_quantiles"))
         self._launching: dict[str, float] = {}   # browser -> end of its launch noise window (inf: launching)
         self.pages: dict[str, Page] = {}
         self.timers: dict[Any, int] = {}
@@ -246,11 +250,11 @@ class SimWorld:
         interval = self.coord.s.heartbeat_interval_ms
         quantiles = self.p.heartbeat_extra_quantiles
         if quantiles:   # empirical gap distribution (calibrated): inverse CDF of a uniform draw
-            probs = np.linspace(0.0, 1.0, len(quantiles))
+            probs, values = _inverse_cdf(quantiles)
             u = self._hb_uniform
 
             def extra() -> float:
-                return float(np.interp(u(), probs, quantiles))
+                return float(np.interp(u(), probs, values))
         else:           # lognormal(mu, sigma) = exp(mu + sigma * z), as numpy computes it
             mu, sigma, z = math.log(self.p.heartbeat_extra_ms), self.p.heartbeat_sigma, self._hb_normal
 
@@ -372,8 +376,7 @@ class SimWorld:
         ms = ms * page.slow + rate.run_overhead_ms + rate.readback_ms
         bp = self.p.browsers[page.kind]
         if bp.warmup_runs > 0:
-            decay = math.exp(-page.runs / bp.warmup_runs)
-            ms = ms * (1.0 + (bp.warmup_factor - 1.0) * decay) + bp.warmup_extra_ms * decay
+            ms = warm_ms(ms, page.runs, bp.warmup_factor, bp.warmup_runs, bp.warmup_extra_ms)
         elif cmd.shard not in page.warmed:
             ms = ms * bp.warmup_factor + bp.warmup_extra_ms
         if bp.session_first_run_ms and cmd.shard not in page.warmed:
