@@ -36,7 +36,8 @@ from coordinator.settings import resolve
 from events.store import Store
 from models.partition import make_plan
 from shardtwin.errors import InputError
-from sim.profile import AGED_PAGE_MS, DEFAULT_PROFILE, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS, BackendRate, Profile, background_factor
+from sim.profile import (AGED_PAGE_MS, DEFAULT_PROFILE, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS, BackendRate,
+                         Profile, background_factor, warm_ms)
 
 CLASSES = ("matmul", "attention", "elementwise", "conv")
 RATE_FIELD = {"matmul": "matmul_gflops", "attention": "attention_gflops", "elementwise": "elementwise_gflops",
@@ -335,12 +336,13 @@ def _fit_load_line(loads: list[tuple], lat: float, settle_tau: float | None = No
 def fit_settle(loads: list[tuple], lat: float) -> tuple[tuple[float, float, float], float, float, dict] | None:
     """A later session create soon after a page's first one costs more (the page still compiles):
     the load line refitted with + E * exp(-since / tau), tau by grid; kept only when it explains the
-    loads clearly better (robust cost down >= 20%) and later loads span early and settled pages.
+    loads clearly better than a constant extra on every later load (robust cost down >= 20%) and
+    later loads span early and settled pages.
     Returns (line, E, tau, residuals) or None."""
     since = [x[6] for x in loads if not x[3] and x[6] is not None]
     if len(since) < 3 or min(since) > 500.0 or max(since) < 750.0:
         return None
-    base = _fit_load_line(loads, lat, SETTLE_TAUS[-1] * 1e6)   # a settle column that never decays: no settle
+    base = _fit_load_line(loads, lat, SETTLE_TAUS[-1] * 1e6)   # the alternative: a constant extra on later loads
     best = None
     for tau in SETTLE_TAUS:
         r = _fit_load_line(loads, lat, tau)
@@ -541,16 +543,20 @@ def fit_launch_tail(runs: list[RunData], predicted, weight: dict[str, float], co
     return fit, res
 
 
+def _quantile_fit(xs: list[float], min_n: int) -> tuple[tuple[float, ...], dict[str, Any]]:
+    """Ratios -> (QUANTILES winsorized quantiles, residuals); () when there are fewer than min_n."""
+    if len(xs) < min_n:
+        return (), {"n": len(xs), "fitted": False}
+    a = np.array(xs)
+    return _winsorized_quantiles(a), {"n": len(xs), "fitted": True, "median": float(np.median(a)),
+                                      "p90": float(np.quantile(a, 0.9)), "p99": float(np.quantile(a, 0.99))}
+
+
 def noise_quantiles(samples: list[Sample], predicted) -> tuple[tuple[float, ...], dict[str, Any]]:
     """The empirical distribution of steady runs' compute / prediction (page runs >= NOISE_INDEX,
     warm, alone, beside no startup and no launch), as QUANTILES factors; () when there are too few."""
-    xs = [s.compute_ms / predicted(s) for s in samples if not s.first and s.page_index >= NOISE_INDEX
-          and s.concurrent == 1 and not s.beside_startup and not s.beside_launch]
-    if len(xs) < NOISE_MIN_SAMPLES:
-        return (), {"n": len(xs), "fitted": False}
-    q = _winsorized_quantiles(np.array(xs))
-    return q, {"n": len(xs), "fitted": True, "median": float(np.median(xs)),
-                                        "p90": float(np.quantile(xs, 0.9)), "p99": float(np.quantile(xs, 0.99))}
+    return _quantile_fit([s.compute_ms / predicted(s) for s in samples if not s.first and s.page_index >= NOISE_INDEX
+                          and s.concurrent == 1 and not s.beside_startup and not s.beside_launch], NOISE_MIN_SAMPLES)
 
 
 def early_noise_quantiles(samples: list[Sample], predicted, warm: tuple[float, float, float] | None
@@ -560,18 +566,10 @@ def early_noise_quantiles(samples: list[Sample], predicted, warm: tuple[float, f
     factor, tau, extra = warm or (1.0, 0.0, 0.0)
 
     def model(s: Sample) -> float:
-        p = predicted(s)
-        if tau <= 0:
-            return p
-        d = math.exp(-s.page_index / tau)
-        return p * (1.0 + (factor - 1.0) * d) + extra * d
-    xs = [s.compute_ms / model(s) for s in samples if not s.first and 0 < s.page_index < NOISE_INDEX
-          and s.concurrent == 1 and not s.beside_startup and not s.beside_launch]
-    if len(xs) < LAUNCH_NOISE_MIN_SAMPLES:
-        return (), {"n": len(xs), "fitted": False}
-    a = np.array(xs)
-    return _winsorized_quantiles(a), {"n": len(xs), "fitted": True, "median": float(np.median(a)),
-                                      "p90": float(np.quantile(a, 0.9))}
+        return predicted(s) if tau <= 0 else warm_ms(predicted(s), s.page_index, factor, tau, extra)
+    return _quantile_fit([s.compute_ms / model(s) for s in samples if not s.first and 0 < s.page_index < NOISE_INDEX
+                          and s.concurrent == 1 and not s.beside_startup and not s.beside_launch],
+                         LAUNCH_NOISE_MIN_SAMPLES)
 
 
 def launch_slowdown(run: RunData, s: Sample, launch: dict[str, tuple[float, float, float]],
@@ -607,15 +605,9 @@ def launch_noise_quantiles(runs: list[RunData], kind: str, predicted, modelled) 
     LAUNCH_NOISE_WINDOW_MS after), beside no load: compute / (prediction x the slowdown the launch
     model gives them, `modelled(run, sample)`), as QUANTILES factors: with the model's slowdown they
     reproduce what was measured there."""
-    xs = []
-    for r in runs:
-        xs += [s.compute_ms / (predicted(s) * modelled(r, s)) for s in r.samples if s.kind == kind and s.beside_launch
-               and not s.first and s.concurrent == 1 and not beside_load(r, s)]
-    if len(xs) < LAUNCH_NOISE_MIN_SAMPLES:
-        return (), {"n": len(xs), "fitted": False}
-    a = np.array(xs)
-    return _winsorized_quantiles(a), {"n": len(xs), "fitted": True, "median": float(np.median(a)),
-                                      "p90": float(np.quantile(a, 0.9))}
+    return _quantile_fit([s.compute_ms / (predicted(s) * modelled(r, s)) for r in runs for s in r.samples
+                          if s.kind == kind and s.beside_launch and not s.first and s.concurrent == 1
+                          and not beside_load(r, s)], LAUNCH_NOISE_MIN_SAMPLES)
 
 
 def _robust_sd(x: np.ndarray) -> float:
