@@ -338,9 +338,8 @@ class RealDriver:
     async def _sample_memory(self) -> None:
         """PSS of each live browser first_sample_s in, then every sample_every_s. The read (a /proc
         scan for the browser's processes, then smaps_rollup of each: the kernel walks their page
-        tables) runs in a thread:
-        on the event loop it stalled every message in flight by 40-90 ms once a second (measured:
-        3-5% of shard round trips, most of the real p95 tail)."""
+        tables) runs in a thread: on the event loop it stalled every message in flight by 40-90 ms
+        once a second (measured: 3-5% of shard round trips, much of the real p95 tail)."""
         elapsed, next_sample = 0.0, self.first_sample_s
         while True:
             step = min(1.0, max(next_sample - elapsed, 0.0))
