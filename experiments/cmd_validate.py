@@ -322,6 +322,12 @@ def collect(db: str, suite=COLLECT_SUITE, budget_s: float = COLLECT_BUDGET_S, ou
     return ids
 
 
+def _at(quantiles, prob: float) -> float:
+    """A profile's quantile set (evenly spaced probabilities 0..1) read at `prob`."""
+    import numpy as np
+    return float(np.interp(prob, np.linspace(0.0, 1.0, len(quantiles)), quantiles))
+
+
 def _load_line(bp) -> str:
     if bp.load_ms is not None and bp.load_ms_per_mb is not None:
         settle = (f" (+{bp.settle_load_ms:.0f} ms x exp(-t/{bp.settle_ms:.0f} ms) after the page's first)"
@@ -359,11 +365,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"+-{bp.launch_sd_ms:.0f} ms, load {_load_line(bp)}, crash notice {bp.close_notice_ms:.0f} ms\n")
         nz = prof.residuals.get(f"noise.{kind}", {})
         if bp.compute_noise_quantiles:
-            q = bp.compute_noise_quantiles
-            ln = bp.launch_noise_quantiles
-            out(f"    noise (measured/predicted, n={nz.get('n')}): p10 x{q[2]:.2f}, median x{q[10]:.2f}, p90 x{q[18]:.2f}"
-                + (f"; beside a launch p90 x{ln[18]:.2f}" if ln else "")
-                + (f"; runs 1-7 of a page p90 x{bp.early_noise_quantiles[18]:.2f}" if bp.early_noise_quantiles else "")
+            q, ln, eq = bp.compute_noise_quantiles, bp.launch_noise_quantiles, bp.early_noise_quantiles
+            out(f"    noise (measured/predicted, n={nz.get('n')}): p10 x{_at(q, 0.1):.2f}, median x{_at(q, 0.5):.2f}, "
+                f"p90 x{_at(q, 0.9):.2f}"
+                + (f"; beside a launch p90 x{_at(ln, 0.9):.2f}" if ln else "")
+                + (f"; runs 1-7 of a page p90 x{_at(eq, 0.9):.2f}" if eq else "")
                 + (f"; after its hello the browser works {bp.launch_tail_ms:.0f} ms on {bp.launch_tail_threads:.2f} cores"
                    if bp.launch_tail_ms else "") + "\n")
     out(f"  link {prof.link_mb_per_s:.0f} MB/s; load {prof.session_create_ms:.0f} ms + "
