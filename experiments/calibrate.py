@@ -36,8 +36,8 @@ from coordinator.settings import resolve
 from events.store import Store
 from models.partition import make_plan
 from shardtwin.errors import InputError
-from sim.profile import (AGED_PAGE_MS, DEFAULT_PROFILE, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS, BackendRate,
-                         Profile, background_factor, warm_ms)
+from sim.profile import (AGED_PAGE_MS, DEFAULT_PROFILE, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS,
+                         WARM_NOISE_WINDOW_MS, BackendRate, Profile, background_factor, warm_ms)
 
 CLASSES = ("matmul", "attention", "elementwise", "conv")
 RATE_FIELD = {"matmul": "matmul_gflops", "attention": "attention_gflops", "elementwise": "elementwise_gflops",
@@ -54,6 +54,9 @@ STEADY_INDEX = 4         # runs in a page before its compute speed is steady (Ch
 NOISE_INDEX = STEADY_NOISE_RUNS   # runs in a page before its run-to-run noise is steady (tier-up bumps at 4-6)
 NOISE_MIN_SAMPLES = 30   # fewer steady runs of a kind: keep the lognormal compute_cv model
 LAUNCH_NOISE_MIN_SAMPLES = 20
+# windows after startup work rather than the work itself: after a BROWSER_READY ("tail") and after a
+# page's first session create ("warm": its optimising WASM compile on background threads)
+AFTERMATH = ("tail", "warm")
 TAIL_WINDOW_MS = LAUNCH_NOISE_WINDOW_MS   # after a BROWSER_READY: the launched browser may still be working
 TAIL_WINDOWS = (250.0, 500.0, 750.0, 1000.0, 1500.0)
 SETTLE_TAUS = (500.0, 1000.0, 1500.0, 2000.0, 3000.0)
@@ -81,8 +84,10 @@ class Sample:
     concurrent: int = 1          # pages computing at the same time, this one included
     queued: bool = False         # another run of the same page overlapped its round trip (waited in the page)
     page_index: int = 0          # runs this page incarnation completed before this one
+    session_index: int = 0       # runs this shard's session (in this page) completed before this one
     beside_startup: bool = False  # another page launched or loaded during most of this run
-    beside_launch: bool = False  # started while another browser launched or within LAUNCH_NOISE_WINDOW_MS after
+    beside_launch: bool = False  # started while another browser launched or within LAUNCH_NOISE_WINDOW_MS after,
+    #                              or within WARM_NOISE_WINDOW_MS after another page's first session create
 
 
 @dataclass
@@ -134,6 +139,7 @@ def extract(store: Store, run_id: str) -> RunData:
     launching: dict[str, float] = {}
     windows: list[tuple[str, float, float, str]] = []      # (browser, start, end, what): startup CPU work
     runs_in_page: dict[str, int] = {}
+    runs_in_session: dict[tuple[str, int], int] = {}
     sessions: dict[str, int] = {}
     first_end: dict[str, float] = {}             # when each page's first session create ended
     faults: list[tuple[str, float]] = []
@@ -154,11 +160,13 @@ def extract(store: Store, run_id: str) -> RunData:
             spec = _plan(s.model, s.shards, str(s.shard_type), bsz, seq).shards[e["shard"]]
             key = (b, e["shard"])
             runs_in_page[b] = runs_in_page.get(b, 0) + 1
+            runs_in_session[key] = runs_in_session.get(key, 0) + 1 if key in warmed else 1
             data.samples.append(Sample(
                 run_id, kind_of(b), backend.get(b, str(s.backend)),
                 {c: spec.flops_by_class.get(c, 0.0) / 1e9 for c in CLASSES},
                 float(spec.input_bytes + spec.output_bytes), float(e["value"]), t - t0,
-                t - float(e["value"]), t, b, first=key not in warmed, page_index=runs_in_page[b] - 1))
+                t - float(e["value"]), t, b, first=key not in warmed, page_index=runs_in_page[b] - 1,
+                session_index=runs_in_session[key] - 1))
             warmed.add(key)
         elif k == "shard_load_started":
             loading[(b, e["shard"])] = t
@@ -178,6 +186,8 @@ def extract(store: Store, run_id: str) -> RunData:
                                    float(e["value"]) - (t0 - asked), sessions.get(b, 0) == 0))
                 data.load_age.append(t0 - ready_at.get(b, t0))
                 data.load_since.append(None if b not in first_end else t0 - first_end[b])
+                if b not in first_end:
+                    windows.append((b, t, t + WARM_NOISE_WINDOW_MS, "warm"))
                 first_end.setdefault(b, t)
                 windows.append((b, t0, t, "load"))
                 sessions[b] = sessions.get(b, 0) + 1
@@ -203,11 +213,12 @@ def extract(store: Store, run_id: str) -> RunData:
     data.windows = windows
     for x in data.samples:
         dur = max(x.end_ms - x.start_ms, 1e-6)
-        x.beside_startup = any(b != x.browser and w != "tail" and min(t1, x.end_ms) - max(t0, x.start_ms) >= 0.5 * dur
-                               for b, t0, t1, w in windows)
-        x.beside_launch = any(b != x.browser and w in ("launch", "launching", "tail") and t0 <= x.start_ms <= t1
+        x.beside_startup = any(b != x.browser and w not in AFTERMATH and min(t1, x.end_ms) - max(t0, x.start_ms)
+                               >= 0.5 * dur for b, t0, t1, w in windows)
+        x.beside_launch = any(b != x.browser and w in ("launch", "launching", *AFTERMATH) and t0 <= x.start_ms <= t1
                               for b, t0, t1, w in windows)
-    busy = [w for w in windows if w[3] != "tail"] + [(x.browser, x.start_ms, x.end_ms, "run") for x in data.samples]
+    busy = [w for w in windows if w[3] not in AFTERMATH] + [(x.browser, x.start_ms, x.end_ms, "run")
+                                                            for x in data.samples]
     for what, out in (("load", data.load_overlap), ("launch", data.launch_overlap)):
         for b, t0, t1, w in windows:
             if w == what:
@@ -552,22 +563,28 @@ def _quantile_fit(xs: list[float], min_n: int) -> tuple[tuple[float, ...], dict[
                                       "p90": float(np.quantile(a, 0.9)), "p99": float(np.quantile(a, 0.99))}
 
 
+def steady(s: Sample) -> bool:
+    """Past the WASM tier-up of its page and of its own session: NOISE_INDEX runs of each (Chromium's
+    runs 3-4 of a new session on a page serving for seconds measured 1.3-1.8x the steady time)."""
+    return s.page_index >= NOISE_INDEX and s.session_index >= NOISE_INDEX
+
+
 def noise_quantiles(samples: list[Sample], predicted) -> tuple[tuple[float, ...], dict[str, Any]]:
-    """The empirical distribution of steady runs' compute / prediction (page runs >= NOISE_INDEX,
+    """The empirical distribution of steady runs' compute / prediction (`steady`,
     warm, alone, beside no startup and no launch), as QUANTILES factors; () when there are too few."""
-    return _quantile_fit([s.compute_ms / predicted(s) for s in samples if not s.first and s.page_index >= NOISE_INDEX
+    return _quantile_fit([s.compute_ms / predicted(s) for s in samples if not s.first and steady(s)
                           and s.concurrent == 1 and not s.beside_startup and not s.beside_launch], NOISE_MIN_SAMPLES)
 
 
 def early_noise_quantiles(samples: list[Sample], predicted, warm: tuple[float, float, float] | None
                           ) -> tuple[tuple[float, ...], dict[str, Any]]:
-    """Runs 1..NOISE_INDEX-1 of a page (warm, alone, beside no startup or launch): compute / (prediction x
+    """Runs 1..NOISE_INDEX-1 of a page or a session (warm, alone, beside no startup or launch): compute / (prediction x
     the warm-up model the simulator applies at that run index), as QUANTILES factors."""
     factor, tau, extra = warm or (1.0, 0.0, 0.0)
 
     def model(s: Sample) -> float:
         return predicted(s) if tau <= 0 else warm_ms(predicted(s), s.page_index, factor, tau, extra)
-    return _quantile_fit([s.compute_ms / model(s) for s in samples if not s.first and 0 < s.page_index < NOISE_INDEX
+    return _quantile_fit([s.compute_ms / model(s) for s in samples if not s.first and not steady(s)
                           and s.concurrent == 1 and not s.beside_startup and not s.beside_launch],
                          LAUNCH_NOISE_MIN_SAMPLES)
 

@@ -31,8 +31,12 @@ AGED_PAGE_MS = 1000.0   # a page ready this long before its first load counts as
 # A run that starts while another browser launches, or within this long after it said hello, draws
 # its noise from launch_noise_quantiles (when calibrated): measured runs there are spiky.
 LAUNCH_NOISE_WINDOW_MS = 1500.0
-# Runs in a page before its noise is steady (Chromium's WASM tier-up bumps runs 4-6): earlier runs
-# (but the first) draw from early_noise_quantiles when calibrated.
+# The same after a page's first session create ends (its browser compiles the WASM module's optimising
+# tier on background threads then: measured pages of the other browser ran 1.3-2.4x slow at p90 in the
+# first second after it, 1.0-1.2x later).
+WARM_NOISE_WINDOW_MS = 1000.0
+# Runs in a page, and in a session, before its noise is steady (Chromium's WASM tier-up bumps runs 4-6):
+# earlier runs (but a session's first) draw from early_noise_quantiles when calibrated.
 STEADY_NOISE_RUNS = 8
 
 
@@ -78,11 +82,11 @@ class BrowserProfile:
     # spaced probabilities 0..1 (calibrated from steady runs; measured: a tight core a few % below
     # the fit plus a right tail). When given it replaces the lognormal compute_cv model.
     compute_noise_quantiles: tuple[float, ...] = ()
-    # The same for a run beside another browser's launch (LAUNCH_NOISE_WINDOW_MS), relative to the
-    # slowdown the launch's own CPU model (launch_threads, launch_tail_ms) gives it: measured mostly
-    # unslowed with spikes of 2-6x. () : compute_noise_quantiles there too.
+    # The same for a run beside another browser's launch (LAUNCH_NOISE_WINDOW_MS) or another page's
+    # first session create (WARM_NOISE_WINDOW_MS), relative to the slowdown the launch's own CPU model
+    # (launch_threads, launch_tail_ms) gives it: measured mostly unslowed with spikes of 2-6x. () : compute_noise_quantiles there too.
     launch_noise_quantiles: tuple[float, ...] = ()
-    # The same for a page's runs 1..STEADY_NOISE_RUNS-1, relative to the warm-up model (tier-up bumps).
+    # The same for a page's (or a session's) runs 1..STEADY_NOISE_RUNS-1, relative to the warm-up model.
     early_noise_quantiles: tuple[float, ...] = ()
     cpu_weight: float = 1.0       # CFS weight of its renderer vs a nice-0 process (Chromium renders at nice 5: ~0.33)
     # A launch's CPU (cpu_bound_startup): a burst of `launch_threads` cores at nice 0 over the first

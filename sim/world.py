@@ -30,8 +30,8 @@ from events.schema import Event, EventKind
 from models.partition import ShardPlan
 from sim.calls import Draws, call_later
 from sim.host import Host
-from sim.profile import (AGED_PAGE_MS, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS, Profile, background_factor,
-                         warm_ms)
+from sim.profile import (AGED_PAGE_MS, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS, WARM_NOISE_WINDOW_MS, Profile,
+                         background_factor, warm_ms)
 
 STREAMS = ("launch", "heartbeat", "compute", "mtbf")
 
@@ -53,6 +53,7 @@ class Page:
     errors: list[int | None] = field(default_factory=list)   # shards whose next run throws (None: any)
     link_epoch: int = 0
     warmed: set[int] = field(default_factory=set)             # shards this page has run once
+    session_runs: dict[int, int] = field(default_factory=dict)   # shard -> runs of its session in this page
     creating: int = 0                 # 1 while a shard load runs in the page's task chain
     hb_pending: bool = False          # a heartbeat fell due during a shard run
     spin: int | None = None           # host job of a hang's busy loop
@@ -96,7 +97,7 @@ class SimWorld:
         self._noise, self._launch_noise, self._early_noise = (
             {k: _inverse_cdf(getattr(b, f)) for k, b in profile.browsers.items() if getattr(b, f)}
             for f in ("compute_noise_quantiles", "launch_noise_quantiles", "early_noise_quantiles"))
-        self._launching: dict[str, float] = {}   # browser -> end of its launch noise window (inf: launching)
+        self._launching: dict[str, float] = {}   # browser -> end of its launch/warm noise window (inf: launching)
         self.pages: dict[str, Page] = {}
         self.timers: dict[Any, int] = {}
         self.inputs, self.mtbf_s, self.time_limit_ms = inputs, mtbf_s, time_limit_ms
@@ -210,6 +211,7 @@ class SimWorld:
         page.alive = page.connected = False
         page.loaded.clear()
         page.warmed.clear()
+        page.session_runs.clear()
         page.hb_pending = False
         page.queue.clear()
         if page.job is not None:
@@ -341,6 +343,8 @@ class SimWorld:
                 return
             if page.first_load_end is None:
                 page.first_load_end = self.env.now
+                end = self.env.now + WARM_NOISE_WINDOW_MS      # its optimising compile beside other pages
+                self._launching[page.id] = max(self._launching.get(page.id, 0.0), end)
             page.loaded.add(cmd.shard)
             self._late_heartbeat(page)
             if self.memory_mb(page) > self.p.browsers[page.kind].memory_budget_mb:
@@ -385,7 +389,8 @@ class SimWorld:
         if page.pressure:
             ms *= self.p.pressure_slowdown[page.pressure]
         noise = self._noise.get(page.kind)
-        if 0 < page.runs < STEADY_NOISE_RUNS and page.kind in self._early_noise:
+        early = 0 < page.runs < STEADY_NOISE_RUNS or 0 < page.session_runs.get(cmd.shard, 0) < STEADY_NOISE_RUNS
+        if early and page.kind in self._early_noise:
             noise = self._early_noise[page.kind]
         if self._launch_noise and page.kind in self._launch_noise and self._beside_launch(page.id):
             noise = self._launch_noise[page.kind]
@@ -419,6 +424,7 @@ class SimWorld:
             return
         work = self.compute_ms(page, cmd)
         page.warmed.add(cmd.shard)
+        page.session_runs[cmd.shard] = page.session_runs.get(cmd.shard, 0) + 1
         page.runs += 1
         threads = self.p.rate(page.kind, self.backend).threads
         started = self.env.now

@@ -290,6 +290,39 @@ def test_sim_draws_launch_noise_only_beside_a_launch(tmp_path):
     assert min(beside) == pytest.approx(3 * max(apart), rel=0.02)
 
 
+def test_sim_and_fit_count_the_second_after_a_pages_first_load_as_beside_startup(tmp_path):
+    """After a page's first session create its browser compiles WASM's optimising tier on background
+    threads: for WARM_NOISE_WINDOW_MS other pages' runs draw launch_noise_quantiles in the simulator,
+    and the fit's extract puts the same runs in the launch set (not the steady one)."""
+    from experiments.calibrate import extract
+    from sim.profile import WARM_NOISE_WINDOW_MS
+    rate = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
+    fast = dict(backends={"wasm": rate}, launch_sd_ms=0.0, compute_noise_quantiles=(1.0, 1.0),
+                launch_noise_quantiles=(3.0, 3.0), warmup_factor=1.0, warmup_extra_ms=0.0, session_first_run_ms=0.0)
+    prof = dataclasses.replace(P, name="known-warm", compute_cv=0.0, browsers={
+        **P.browsers,
+        "chromium": dataclasses.replace(P.browsers["chromium"], launch_ms=300.0, **fast),
+        # Firefox's page comes up late and loads long after Chromium's page serves: its launch
+        # window and tail end before its first load does
+        "firefox": dataclasses.replace(P.browsers["firefox"], launch_ms=600.0, page_init_ms=3000.0, **fast)})
+    db = str(tmp_path / "warm.duckdb")
+    s = parse_scenario({"model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer",
+                        "browsers": ["chromium", "firefox"], "seed": 1,
+                        "workload": {"kind": "iterations", "iterations": 200, "batch_size": 1, "seq_len": 32}})
+    rid = simulate_and_store(s, prof, db)["run_id"]
+    with Store(db) as st:
+        run = extract(st, rid)
+    (w0, w1), = [(t0, t1) for b, t0, t1, w in run.windows if w == "warm" and b == "firefox-1"]
+    assert w1 - w0 == WARM_NOISE_WINDOW_MS
+    assert max(t1 for b, _, t1, w in run.windows if b == "firefox-1" and w in ("launch", "tail")) < w0
+    ch = [x for x in run.samples if x.kind == "chromium" and not x.first]
+    inside = [x for x in ch if w0 <= x.start_ms <= w1]
+    after = [x for x in ch if x.start_ms > w1]
+    assert len(inside) >= 5 and len(after) >= 20
+    assert all(x.beside_launch for x in inside) and not any(x.beside_launch for x in after)
+    assert min(x.compute_ms for x in inside) == pytest.approx(3 * max(x.compute_ms for x in after), rel=0.02)
+
+
 def test_fit_recovers_the_cost_of_a_session_create_soon_after_the_first(tmp_path):
     """Chromium: a later session create costs 300 ms more right after the page's first one, decaying
     with 1 s; back-to-back loads (one browser, four shards) and failovers onto a page that has served
@@ -322,11 +355,12 @@ def test_fit_recovers_the_cost_of_a_session_create_soon_after_the_first(tmp_path
 
 
 def test_early_runs_draw_their_own_noise_and_the_fit_finds_it():
-    """Runs 1..STEADY_NOISE_RUNS-1 of a page draw from early_noise_quantiles (measured: Chromium's
-    tier-up makes them slower and spikier), later runs from compute_noise_quantiles; the fit of
-    sim-made runs gives the early set back."""
+    """Runs 1..STEADY_NOISE_RUNS-1 of a page, and of a session in it, draw from early_noise_quantiles
+    (measured: Chromium's tier-up makes them slower and spikier), later runs from
+    compute_noise_quantiles; the fit of sim-made runs gives the early set back."""
     import tempfile
     from experiments.calibrate import extract, fit_profile
+    from experiments.calibrate import steady as is_steady
     from sim.profile import STEADY_NOISE_RUNS
     base = known_profile()
     prof = dataclasses.replace(base, browsers={k: dataclasses.replace(b, compute_noise_quantiles=(1.0, 1.0),
@@ -345,9 +379,12 @@ def test_early_runs_draw_their_own_noise_and_the_fit_finds_it():
         with Store(db) as st:
             runs = [extract(st, r) for r in ids]
             fit = fit_profile(runs, P, main_thread=False)
-    steady = [s.compute_ms for r in runs for s in r.samples if s.kind == "chromium" and s.page_index >= STEADY_NOISE_RUNS]
-    early = [s.compute_ms for r in runs for s in r.samples if s.kind == "chromium" and 0 < s.page_index < STEADY_NOISE_RUNS
+    # a page runs both shards' sessions: a run is steady once its page and its session are past the early runs
+    steady = [s.compute_ms for r in runs for s in r.samples if s.kind == "chromium" and is_steady(s)]
+    early = [s.compute_ms for r in runs for s in r.samples if s.kind == "chromium" and not is_steady(s)
              and not s.first]
+    assert min(s.session_index for r in runs for s in r.samples if s.page_index >= STEADY_NOISE_RUNS
+               and not is_steady(s)) > 0
     assert min(early) >= 1.45 * max(steady) and max(early) <= 2.55 * min(steady)
     q = fit.browsers["chromium"].early_noise_quantiles
     assert len(q) == 21 and q[-1] / q[0] == pytest.approx(2.5 / 1.5, rel=0.15), (q, fit.residuals["early_noise.chromium"])
