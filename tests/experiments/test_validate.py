@@ -140,6 +140,30 @@ def test_real_validate_end_to_end(tmp_path, capsys):
     line = next(x for x in out.splitlines() if x.startswith("outcome agreement"))
     assert "100.0%" in line
 
+    # --reuse-real: the stored real run of the same scenario is the observation, no browser starts;
+    # a missing repeat is run; a scenario with another hash finds nothing to reuse
+    from experiments.cmd_validate import stored_real_runs
+    from experiments.flags import scenario_from_args
+
+    def real_runs() -> list[str]:
+        with Store(db) as st:
+            return [r.run_id for r in st.runs(source="real")]
+    flags = ["--model", "all-MiniLM-L6-v2", "--shards", "2", "--browsers", "chromium,firefox", "--iterations", "4",
+             "--seq-len", "16", "--db", db, "--timeout", "120", "--sim-seeds", "2"]
+    first, = real_runs()
+    assert main(["validate", *flags, "--reuse-real"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "reusing 1 stored real run(s) of this scenario\n" in out and f"real run(s) {first} vs sim" in out
+    assert real_runs() == [first]
+    assert main(["validate", *flags, "--reuse-real", "--real-repeats", "2"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "reusing 1 stored real run(s) of this scenario; running 1 more" in out
+    second = [r for r in real_runs() if r != first]
+    assert len(second) == 1 and f"real run(s) {first}, {second[0]} vs sim" in out
+    from experiments.cli import build_parser
+    other = scenario_from_args(build_parser().parse_args(["validate", *flags[:-2], "--iterations", "5"]))
+    assert stored_real_runs(db, other, 3) == []
+
 
 def test_an_ensemble_prediction_pools_latencies_and_takes_the_median_fault_time():
     s = parse_scenario(SCEN)
