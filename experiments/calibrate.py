@@ -835,6 +835,24 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
               "shard loads: a line per browser kind (load_ms + MB * load_ms_per_mb, page_init_ms on a page's first)", **changes)
 
 
+# A compute fit whose median |error| over its own runs exceeds this was measured on a disturbed host:
+# 16 collects on a quiet host fitted at 0.9-5.6%, one that predicted every held-out median 6-16% slow
+# at 6.8/7.4%, two on a loaded host (load average 6-13) at 20-52%.
+FIT_SUSPECT_PCT = 6.0
+
+
+def fit_warnings(prof: Profile) -> list[str]:
+    """One line per compute fit that disagrees with its own runs beyond FIT_SUSPECT_PCT."""
+    out = []
+    for key, r in sorted(prof.residuals.items()):
+        if key.startswith("compute.") and r.get("fitted") and r.get("median_abs_pct", 0.0) > FIT_SUSPECT_PCT:
+            out.append(f"{key[len('compute.'):]} compute fit misses its own runs by {r['median_abs_pct']:.1f}% "
+                       f"(median; a quiet host gives <= {FIT_SUSPECT_PCT:g}%): the runs were likely disturbed "
+                       "(host load, a slower host for part of the collect); predictions from this profile can be "
+                       "off by as much; re-run `shardtwin calibrate --collect` on a quiet host")
+    return out
+
+
 def calibrate(store: Store, run_ids: list[str] | None = None, base: Profile = DEFAULT_PROFILE,
               name: str = "calibrated", source: str = "real") -> Profile:
     """Fit from the given runs (default: every finished run of `source`), store it versioned."""

@@ -194,6 +194,9 @@ def run_pair(scenario, profile, db: str, timeout_s: float = 600.0, condition: bo
     from experiments.cmd_sim import simulate_and_store
     out(f"scenario: {scenario.name or scenario.model}; profile: {profile.name} v{profile.version} "
         f"(calibrated: {str(profile.calibrated).lower()})\n")
+    from experiments.calibrate import fit_warnings
+    for w in fit_warnings(profile):
+        out(f"warning: profile {profile.name} v{profile.version}: {w}\n")
     sys.stdout.flush()
     reals, bgs = [], []
     if reuse_real:
@@ -337,7 +340,7 @@ def _load_line(bp) -> str:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from experiments.calibrate import calibrate
+    from experiments.calibrate import calibrate, fit_warnings
     from experiments.runner import write_json_atomic
     from sim.profile import DEFAULT_PROFILE, load_profile
     base = load_profile(args.base) if args.base else DEFAULT_PROFILE
@@ -376,4 +379,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         f"{prof.session_create_ms_per_mb:.1f} ms/MB; background {prof.background_cores:.2f} cores; "
         f"compute cv {prof.compute_cv:.3f}; heartbeat extra p50 "
         f"{prof.residuals.get('heartbeat', {}).get('extra_p50_ms', float('nan')):.1f} ms\n")
+    for w in fit_warnings(prof):
+        out(f"warning: {w}\n")
     return 0

@@ -101,6 +101,31 @@ def test_profile_is_versioned_labelled_and_loadable(fitted, tmp_path):
         assert stored.version == 2 and stored.residuals["hop"]["n"] > 0
 
 
+def test_a_collect_whose_runs_disagree_is_flagged(fitted, tmp_path, capsys):
+    """Half the runs on a host 1.4x slower that no background sampler saw: the compute fit misses its
+    own runs and calibrate says so (validate repeats it: test_validate); a consistent collect gets
+    no warning."""
+    from experiments.calibrate import FIT_SUSPECT_PCT, fit_warnings
+    db, ids, prof = fitted
+    assert fit_warnings(prof) == []
+    slow_db = str(tmp_path / "slow.duckdb")
+    base = known_profile()
+    slow = dataclasses.replace(base, browsers={k: dataclasses.replace(b, backends={
+        be: dataclasses.replace(r, matmul_gflops=r.matmul_gflops / 1.4, attention_gflops=r.attention_gflops / 1.4)
+        for be, r in b.backends.items()}) for k, b in base.browsers.items()})
+    both = sim_runs(slow_db, base) + sim_runs(slow_db, slow)
+    out = tmp_path / "p.json"
+    assert main(["calibrate", "--db", slow_db, "--runs", *both, "--name", "slow", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    warned = [x for x in text.splitlines() if x.startswith("warning: ")]
+    assert len(warned) == 2 and any("chromium.wasm" in x for x in warned) and any("firefox.wasm" in x for x in warned)
+    assert f"<= {FIT_SUSPECT_PCT:g}%" in warned[0] and "calibrate --collect" in warned[0]
+    got = load_profile(out)
+    assert all(got.residuals[f"compute.{k}.wasm"]["median_abs_pct"] > FIT_SUSPECT_PCT for k in ("chromium", "firefox"))
+    assert main(["calibrate", "--db", db, "--runs", *ids, "--name", "again"]) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_background_load_is_normalised_away(tmp_path):
     """Runs under a measured background load beyond the free cores: the fit still finds the idle rates."""
     db = str(tmp_path / "bg.duckdb")

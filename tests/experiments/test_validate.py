@@ -4,6 +4,7 @@ one short real run (browser marker) end to end."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import numpy as np
@@ -151,9 +152,15 @@ def test_real_validate_end_to_end(tmp_path, capsys):
     flags = ["--model", "all-MiniLM-L6-v2", "--shards", "2", "--browsers", "chromium,firefox", "--iterations", "4",
              "--seq-len", "16", "--db", db, "--timeout", "120", "--sim-seeds", "2"]
     first, = real_runs()
-    assert main(["validate", *flags, "--reuse-real"]) in (0, 1)
+    # (with a profile whose compute fit missed its own runs: validate repeats calibrate's warning)
+    from sim.profile import DEFAULT_PROFILE
+    suspect = tmp_path / "suspect.json"
+    suspect.write_text(json.dumps(dataclasses.replace(DEFAULT_PROFILE, residuals={
+        "compute.chromium.wasm": {"fitted": True, "n": 50, "median_abs_pct": 9.0}}).to_dict()))
+    assert main(["validate", *flags, "--reuse-real", "--profile", str(suspect)]) in (0, 1)
     out = capsys.readouterr().out
     assert "reusing 1 stored real run(s) of this scenario\n" in out and f"real run(s) {first} vs sim" in out
+    assert "warning: profile" in out and "chromium.wasm compute fit misses its own runs by 9.0%" in out
     assert real_runs() == [first]
     assert main(["validate", *flags, "--reuse-real", "--real-repeats", "2"]) in (0, 1)
     out = capsys.readouterr().out
