@@ -309,8 +309,14 @@ def fit_hops(samples: list[Sample], link_latency_ms: float) -> tuple[dict[str, f
     ms_per_mb = max(float(p[-1]), 1e-3)
     over = {k: max(float(p[i]) - 2 * link_latency_ms, 0.0) for i, k in enumerate(kinds)}
     pred = X[:, :-1] @ p[:-1] + X[:, -1] * ms_per_mb
+    # what the line leaves: per kind, the measured round trip's spread around it (right-skewed), which
+    # the simulator draws per run (hop_extra_quantiles); a line through the mode alone is short
+    quiet = np.array([s.concurrent == 1 and not s.beside_launch and not s.beside_startup for s in samples])
+    extra = {k: [float(v) for v in _winsorized_quantiles((y - pred)[(X[:, i] == 1) & quiet])]
+             for i, k in enumerate(kinds) if int(((X[:, i] == 1) & quiet).sum()) >= NOISE_MIN_SAMPLES}
     return over, 1000.0 / ms_per_mb, {"n": len(y), "fitted": True, **_residual_stats(np.maximum(y, 1e-3), pred),
-                                      "ms_per_mb": ms_per_mb, "median_hop_ms": float(np.median(y))}
+                                      "ms_per_mb": ms_per_mb, "median_hop_ms": float(np.median(y)),
+                                      "extra_quantiles": extra}
 
 
 def _fit_load_line(loads: list[tuple], lat: float, settle_tau: float | None = None
@@ -755,6 +761,7 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
         ch["backends"] = backends
         if kind in over:
             ch["hop_overhead_ms"] = over[kind]
+            ch["hop_extra_quantiles"] = tuple(residuals["hop"]["extra_quantiles"].get(kind, ()))
         if kind in load_lines:
             ch["load_ms"], ch["load_ms_per_mb"], ch["page_init_ms"] = load_lines[kind]
             ch["load_scale"] = 1.0

@@ -364,7 +364,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         out(f"  {kind} wasm: matmul {w.matmul_gflops:.1f} GFLOPS, attention {w.attention_gflops:.1f}, elementwise "
             f"{w.elementwise_gflops:.2f}, overhead {w.run_overhead_ms:.1f} ms/run (n={r['n']}, rmse "
             f"{r.get('rmse_ms', 0):.1f} ms, median |err| {r.get('median_abs_pct', 0):.1f}%); hop "
-            f"{bp.hop_overhead_ms:.1f} ms, warmup x{bp.warmup_factor:.2f} (1/e after {bp.warmup_runs:g} runs), page init {bp.page_init_ms:.0f} ms, launch {bp.launch_ms:.0f}"
+            f"{bp.hop_overhead_ms:.1f} ms"
+            + (f" (+ p50 {_at(bp.hop_extra_quantiles, 0.5):.1f} / p90 {_at(bp.hop_extra_quantiles, 0.9):.1f} ms)"
+               if bp.hop_extra_quantiles else "") + f", warmup x{bp.warmup_factor:.2f} (1/e after {bp.warmup_runs:g} runs), page init {bp.page_init_ms:.0f} ms, launch {bp.launch_ms:.0f}"
             f"+-{bp.launch_sd_ms:.0f} ms, load {_load_line(bp)}, crash notice {bp.close_notice_ms:.0f} ms\n")
         nz = prof.residuals.get(f"noise.{kind}", {})
         if bp.compute_noise_quantiles:

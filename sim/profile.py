@@ -51,6 +51,10 @@ class BrowserProfile:
     backends: Mapping[str, BackendRate] = field(default_factory=dict)
     # Calibrated refinements (defaults leave the uncalibrated model unchanged):
     hop_overhead_ms: float = 0.0  # per shard run, round trip: coordinator feed build + encode, page decode
+    # Measured round trip of a shard run minus its compute minus the fitted hop line (ms), at evenly spaced
+    # probabilities 0..1: a right-skewed extra (median hop 2.5-2.8 ms vs the line's 2.2). The simulator
+    # adds one draw per run. () : the line alone.
+    hop_extra_quantiles: tuple[float, ...] = ()
     load_scale: float = 1.0       # this browser's shard load time relative to the profile's load model
     warmup_factor: float = 1.0    # first run of a shard in a page (JIT, allocation) vs later runs
     warmup_runs: float = 0.0      # > 0: the n-th run in a page (any shard) takes 1 + (warmup_factor - 1) *
@@ -189,7 +193,7 @@ def profile_from_dict(d: Mapping[str, Any]) -> Profile:
         bd = dict(_strict(BrowserProfile, bd, f"browsers.{k}"))
         bd["backends"] = {bk: BackendRate(**_strict(BackendRate, bv, f"browsers.{k}.backends.{bk}"))
                           for bk, bv in dict(bd.get("backends", {})).items()}
-        for q in ("compute_noise_quantiles", "launch_noise_quantiles", "early_noise_quantiles"):
+        for q in ("compute_noise_quantiles", "launch_noise_quantiles", "early_noise_quantiles", "hop_extra_quantiles"):
             if q in bd:
                 bd[q] = tuple(bd[q])
         browsers[k] = BrowserProfile(**bd)

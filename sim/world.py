@@ -33,7 +33,7 @@ from sim.host import Host
 from sim.profile import (AGED_PAGE_MS, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS, WARM_NOISE_WINDOW_MS, Profile,
                          background_factor, warm_ms)
 
-STREAMS = ("launch", "heartbeat", "compute", "mtbf")
+STREAMS = ("launch", "heartbeat", "compute", "mtbf", "hop")
 
 
 @dataclass(slots=True)
@@ -97,6 +97,9 @@ class SimWorld:
         self._noise, self._launch_noise, self._early_noise = (
             {k: _inverse_cdf(getattr(b, f)) for k, b in profile.browsers.items() if getattr(b, f)}
             for f in ("compute_noise_quantiles", "launch_noise_quantiles", "early_noise_quantiles"))
+        self._hop_extra = {k: _inverse_cdf(b.hop_extra_quantiles) for k, b in profile.browsers.items()
+                           if b.hop_extra_quantiles}
+        self._hop_uniform = Draws(self.rng["hop"], uniform=True)
         self._launching: dict[str, float] = {}   # browser -> end of its launch/warm noise window (inf: launching)
         self.pages: dict[str, Page] = {}
         self.timers: dict[Any, int] = {}
@@ -369,7 +372,9 @@ class SimWorld:
             if page.alive and page.connected and page.link_epoch == epoch:
                 page.queue.append(cmd)
                 self._next_job(page)
-        self.at(self.hop_ms(nbytes) + self._hop_overhead(page), arrive)
+        extra = self._hop_extra.get(page.kind)     # the measured round trip's spread, on the way in
+        spread = 0.0 if extra is None else float(np.interp(self._hop_uniform(), *extra))
+        self.at(max(self.hop_ms(nbytes) + self._hop_overhead(page) + spread, 0.0), arrive)
 
     def compute_ms(self, page: Page, cmd: c.RunShard) -> float:
         rate = self.p.rate(page.kind, self.backend)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from events.scenario import parse_scenario
@@ -99,6 +100,40 @@ def test_profile_is_versioned_labelled_and_loadable(fitted, tmp_path):
     with Store(db) as st:
         stored = st.load_profile("fit")
         assert stored.version == 2 and stored.residuals["hop"]["n"] > 0
+
+
+def test_fit_recovers_the_round_trip_spread_the_simulator_was_given(tmp_path):
+    """Round trips right-skewed around the hop line (measured: median 2.5-2.8 ms where the line through
+    the mode gives 2.2): the simulator adds a draw of hop_extra_quantiles per run, the fit gives the
+    spread back around its line; without it the simulated round trip is the line alone."""
+    from experiments.calibrate import extract
+    spread = (0.0, 0.2, 0.5, 1.0, 2.0, 6.0)
+    base = known_profile()
+    prof = dataclasses.replace(base, browsers={**base.browsers, "chromium": dataclasses.replace(
+        base.browsers["chromium"], hop_extra_quantiles=spread)})
+    db = str(tmp_path / "hop.duckdb")
+    ids = []
+    for i, (model, seq) in enumerate((("all-MiniLM-L6-v2", 32), ("all-MiniLM-L6-v2", 128), ("bert-base-uncased", 32))):
+        for order in (["chromium", "firefox"], ["firefox", "chromium"]):
+            sc = parse_scenario({"model": model, "shards": 2, "shard_type": "layer", "browsers": order, "seed": i,
+                                 "workload": {"kind": "iterations", "iterations": 80, "batch_size": 1, "seq_len": seq}})
+            ids.append(simulate_and_store(sc, prof, db)["run_id"])
+    with Store(db) as st:
+        fit = calibrate(st, ids, name="hop", source="sim")
+        runs = [extract(st, r) for r in ids]
+    got = np.array(fit.browsers["chromium"].hop_extra_quantiles)
+    want = np.interp(np.linspace(0, 1, len(got)), np.linspace(0, 1, len(spread)), spread)
+    # the line sits where the robust fit puts it: compare the spread's shape, not its offset
+    assert abs((got[10] - got[2]) - (want[10] - want[2])) < 0.15, (got, want)
+    # the tail (given p80 - p50 1.25 ms, p90 - p50 3.25): within 0.8 ms (the simulated runs' own p80 came
+    # out 0.6 ms above the given one where the spread is steep, 2 -> 6 ms over the top 20% of draws)
+    assert abs((got[16] - got[10]) - (want[16] - want[10])) < 0.8 and got[18] - got[10] > 2.5, (got, want)
+    assert abs(fit.browsers["chromium"].hop_overhead_ms + got[10] - (12.0 + want[10])) < 0.3
+    ff = np.array(fit.browsers["firefox"].hop_extra_quantiles)
+    assert ff[18] - ff[2] < 0.2                    # Firefox was given none
+    for r in runs:      # without a spread a page's round trip is its line: one value per payload size
+        walls = [x.wall_ms - x.compute_ms for x in r.samples if x.kind == "firefox" and not x.first]
+        assert max(walls) - min(walls) < 0.1
 
 
 def test_a_collect_whose_runs_disagree_is_flagged(fitted, tmp_path, capsys):
