@@ -26,14 +26,14 @@ COLLECT_SUITE = (
     {"name": "cal: minilm 2 layer", "model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer",
      "browsers": ["chromium", "firefox"], "workload": _IT(60, 32)},
     {"name": "cal: minilm 1 chromium seq128", "model": "all-MiniLM-L6-v2", "shards": 1, "shard_type": "layer",
-     "browsers": ["chromium"], "workload": _IT(16, 128)},
+     "browsers": ["chromium"], "workload": _IT(30, 128)},
     {"name": "cal: minilm 1 firefox seq128", "model": "all-MiniLM-L6-v2", "shards": 1, "shard_type": "layer",
-     "browsers": ["firefox"], "workload": _IT(16, 128)},
+     "browsers": ["firefox"], "workload": _IT(30, 128)},
     # attention FLOPs grow with seq^2: long sequences pin the attention rate apart from matmul
     {"name": "cal: minilm 1 chromium seq256", "model": "all-MiniLM-L6-v2", "shards": 1, "shard_type": "layer",
-     "browsers": ["chromium"], "workload": _IT(14, 256)},
+     "browsers": ["chromium"], "workload": _IT(24, 256)},
     {"name": "cal: minilm 1 firefox seq256", "model": "all-MiniLM-L6-v2", "shards": 1, "shard_type": "layer",
-     "browsers": ["firefox"], "workload": _IT(14, 256)},
+     "browsers": ["firefox"], "workload": _IT(24, 256)},
     {"name": "cal: minilm 3 attention_feedforward", "model": "all-MiniLM-L6-v2", "shards": 3,
      "shard_type": "attention_feedforward", "browsers": ["firefox", "chromium", "firefox"], "workload": _IT(8, 64)},
     {"name": "cal: bert 2 layer", "model": "bert-base-uncased", "shards": 2, "shard_type": "layer",
@@ -88,9 +88,9 @@ COLLECT_SUITE = (
     # One browser alone loading two large shards: a cold and a warm load with nothing else starting up
     # (loads that overlap another browser's launch are slowed by it and say little about the load itself).
     {"name": "cal: bert 2 layer, chromium alone", "model": "bert-base-uncased", "shards": 2, "shard_type": "layer",
-     "browsers": ["chromium"], "workload": _IT(4, 32)},
+     "browsers": ["chromium"], "workload": _IT(12, 32)},
     {"name": "cal: bert 2 layer, firefox alone", "model": "bert-base-uncased", "shards": 2, "shard_type": "layer",
-     "browsers": ["firefox"], "workload": _IT(4, 32)},
+     "browsers": ["firefox"], "workload": _IT(12, 32)},
 )
 COLLECT_BUDGET_S = 280.0
 
