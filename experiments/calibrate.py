@@ -777,13 +777,17 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
             ch["launch_threads"], ch["launch_cpu_fraction"] = launch_cpu[kind]
         if main_thread and kind in launch_tail:
             ch["launch_tail_ms"], ch["launch_tail_threads"] = launch_tail[kind]
+        def warmed(s: Sample, w=warm.get(kind)) -> float:
+            """The prediction with the warm-up the simulator applies at the run's index in its page: early
+            runs beside a launch (all pages' first runs follow their loads) carry it too."""
+            return predicted(s) if w is None or w[1] <= 0 else warm_ms(predicted(s), s.page_index, *w)
         if any(k == kind for k, _ in fitted_rates):
             q, residuals[f"noise.{kind}"] = noise_quantiles([s for s in samples if s.kind == kind
                                                              and (s.kind, s.backend) in fitted_rates], predicted)
             if q:
                 ch["compute_noise_quantiles"] = q
                 lq, residuals[f"launch_noise.{kind}"] = launch_noise_quantiles(
-                    runs, kind, lambda s: predicted(s) if (s.kind, s.backend) in fitted_rates else s.compute_ms,
+                    runs, kind, lambda s: warmed(s) if (s.kind, s.backend) in fitted_rates else s.compute_ms,
                     lambda r, s: launch_slowdown(r, s, launch_model, launch_tail, weight.get(kind, 1.0), cores))
                 if lq:
                     ch["launch_noise_quantiles"] = lq

@@ -383,6 +383,31 @@ def test_sim_and_fit_count_the_second_after_a_pages_first_load_as_beside_startup
     assert min(x.compute_ms for x in inside) == pytest.approx(3 * max(x.compute_ms for x in after), rel=0.02)
 
 
+def test_launch_noise_of_early_runs_is_taken_after_their_warm_up(tmp_path):
+    """A page's first runs follow its load, so many are beside another page's launch or first load:
+    the simulator gives them the warm-up and the launch noise, so the fit must divide the warm-up out
+    before taking the launch noise (else early runs are slowed twice: simulated p95 40-50% heavy)."""
+    rate = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
+    flat = dict(backends={"wasm": rate}, launch_sd_ms=0.0, compute_noise_quantiles=(1.0, 1.0),
+                launch_noise_quantiles=(1.0, 1.0), early_noise_quantiles=(1.0, 1.0), warmup_factor=3.0,
+                warmup_runs=2.0, warmup_extra_ms=0.0, session_first_run_ms=0.0)
+    prof = dataclasses.replace(P, name="known-warm-launch", compute_cv=0.0, browsers={
+        **P.browsers, "chromium": dataclasses.replace(P.browsers["chromium"], launch_ms=600.0, **flat),
+        "firefox": dataclasses.replace(P.browsers["firefox"], launch_ms=1500.0, **flat)})
+    db = str(tmp_path / "wl.duckdb")
+    ids = _crash_relaunch_runs(db, prof, iterations=120)
+    with Store(db) as st:
+        fit = calibrate(st, ids, name="wl", source="sim")
+    from experiments.calibrate import extract
+    with Store(db) as st:
+        early_beside = [x for r in ids for x in extract(st, r).samples if x.beside_launch and 0 < x.page_index < 3]
+    assert len(early_beside) >= 6                    # the case exists: early runs beside a launch
+    ch = fit.browsers["chromium"]
+    assert ch.warmup_factor == pytest.approx(3.0, rel=0.05)
+    q = ch.launch_noise_quantiles
+    assert q and max(q) < 1.1 and min(q) > 0.9, (q, fit.residuals.get("launch_noise.chromium"))
+
+
 def test_fit_recovers_the_cost_of_a_session_create_soon_after_the_first(tmp_path):
     """Chromium: a later session create costs 300 ms more right after the page's first one, decaying
     with 1 s; back-to-back loads (one browser, four shards) and failovers onto a page that has served
