@@ -52,8 +52,7 @@ class Page:
     job_run: Any = None
     errors: list[int | None] = field(default_factory=list)   # shards whose next run throws (None: any)
     link_epoch: int = 0
-    warmed: set[int] = field(default_factory=set)             # shards this page has run once
-    session_runs: dict[int, int] = field(default_factory=dict)   # shard -> runs of its session in this page
+    session_runs: dict[int, int] = field(default_factory=dict)   # shard -> runs of its session (absent: none yet)
     creating: int = 0                 # 1 while a shard load runs in the page's task chain
     hb_pending: bool = False          # a heartbeat fell due during a shard run
     spin: int | None = None           # host job of a hang's busy loop
@@ -93,12 +92,12 @@ class SimWorld:
         self._hb_uniform = Draws(self.rng["heartbeat"], uniform=True)
         self._compute_normal = Draws(self.rng["compute"])
         self._compute_uniform = Draws(self.rng["compute"], uniform=True)
-        # empirical compute noise per browser kind: (probabilities, quantiles) for an inverse CDF
-        self._noise, self._launch_noise, self._early_noise = (
+        # empirical compute noise and round-trip spread per browser kind: (probabilities, quantiles)
+        # for an inverse CDF
+        self._noise, self._launch_noise, self._early_noise, self._hop_extra = (
             {k: _inverse_cdf(getattr(b, f)) for k, b in profile.browsers.items() if getattr(b, f)}
-            for f in ("compute_noise_quantiles", "launch_noise_quantiles", "early_noise_quantiles"))
-        self._hop_extra = {k: _inverse_cdf(b.hop_extra_quantiles) for k, b in profile.browsers.items()
-                           if b.hop_extra_quantiles}
+            for f in ("compute_noise_quantiles", "launch_noise_quantiles", "early_noise_quantiles",
+                      "hop_extra_quantiles"))
         self._hop_uniform = Draws(self.rng["hop"], uniform=True)
         self._launching: dict[str, float] = {}   # browser -> end of its launch/warm noise window (inf: launching)
         self.pages: dict[str, Page] = {}
@@ -213,7 +212,6 @@ class SimWorld:
             return
         page.alive = page.connected = False
         page.loaded.clear()
-        page.warmed.clear()
         page.session_runs.clear()
         page.hb_pending = False
         page.queue.clear()
@@ -386,9 +384,9 @@ class SimWorld:
         bp = self.p.browsers[page.kind]
         if bp.warmup_runs > 0:
             ms = warm_ms(ms, page.runs, bp.warmup_factor, bp.warmup_runs, bp.warmup_extra_ms)
-        elif cmd.shard not in page.warmed:
+        elif cmd.shard not in page.session_runs:
             ms = ms * bp.warmup_factor + bp.warmup_extra_ms
-        if bp.session_first_run_ms and cmd.shard not in page.warmed:
+        if bp.session_first_run_ms and cmd.shard not in page.session_runs:
             ms += bp.session_first_run_ms
         ms *= self.background_factor(page.kind)
         if page.pressure:
@@ -428,7 +426,6 @@ class SimWorld:
             self._start_load(page, cmd)
             return
         work = self.compute_ms(page, cmd)
-        page.warmed.add(cmd.shard)
         page.session_runs[cmd.shard] = page.session_runs.get(cmd.shard, 0) + 1
         page.runs += 1
         threads = self.p.rate(page.kind, self.backend).threads
