@@ -47,14 +47,14 @@ COLLECT_SUITE = (
      "shard_type": "layer", "browsers": ["chromium", "firefox"], "fault_tolerance_level": "low",
      "recovery_strategy": "failover", "workload": _IT(60, 32),
      "faults": [{"type": "browser_crash", "at_ms": 300.0, "browser": "chromium"}]},
-    # the same onto a Chromium page that has served for 2.5 s: a later session create on a settled
-    # page (measured 4-8 ms/MB) costs far less than one soon after the page's first (settle_load_ms)
     # the crashed browser is relaunched as a spare while the other page serves: what a launch does
     # to a page computing beside it
     {"name": "cal: minilm 2 layer crash firefox + failover, spare relaunch beside compute",
      "model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer", "browsers": ["chromium", "firefox"],
      "fault_tolerance_level": "low", "recovery_strategy": "failover", "workload": _IT(120, 32),
      "faults": [{"type": "browser_crash", "at_ms": 300.0, "browser": "firefox"}]},
+    # the same onto a Chromium page that has served for 2.5 s: a later session create on a settled
+    # page (measured 4-8 ms/MB) costs far less than one soon after the page's first (settle_load_ms)
     {"name": "cal: minilm 2 layer crash firefox late, failover onto a settled chromium page",
      "model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer", "browsers": ["chromium", "firefox"],
      "fault_tolerance_level": "low", "recovery_strategy": "failover", "workload": _IT(120, 32),
@@ -361,12 +361,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if r is None:
             continue
         w = bp.backends["wasm"]
+        q = bp.hop_extra_quantiles
+        spread = f" (+ p50 {_at(q, 0.5):.1f} / p90 {_at(q, 0.9):.1f} ms)" if q else ""
         out(f"  {kind} wasm: matmul {w.matmul_gflops:.1f} GFLOPS, attention {w.attention_gflops:.1f}, elementwise "
             f"{w.elementwise_gflops:.2f}, overhead {w.run_overhead_ms:.1f} ms/run (n={r['n']}, rmse "
             f"{r.get('rmse_ms', 0):.1f} ms, median |err| {r.get('median_abs_pct', 0):.1f}%); hop "
-            f"{bp.hop_overhead_ms:.1f} ms"
-            + (f" (+ p50 {_at(bp.hop_extra_quantiles, 0.5):.1f} / p90 {_at(bp.hop_extra_quantiles, 0.9):.1f} ms)"
-               if bp.hop_extra_quantiles else "") + f", warmup x{bp.warmup_factor:.2f} (1/e after {bp.warmup_runs:g} runs), page init {bp.page_init_ms:.0f} ms, launch {bp.launch_ms:.0f}"
+            f"{bp.hop_overhead_ms:.1f} ms{spread}, warmup x{bp.warmup_factor:.2f} (1/e after {bp.warmup_runs:g} runs), "
+            f"page init {bp.page_init_ms:.0f} ms, launch {bp.launch_ms:.0f}"
             f"+-{bp.launch_sd_ms:.0f} ms, load {_load_line(bp)}, crash notice {bp.close_notice_ms:.0f} ms\n")
         nz = prof.residuals.get(f"noise.{kind}", {})
         if bp.compute_noise_quantiles:

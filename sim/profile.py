@@ -88,7 +88,8 @@ class BrowserProfile:
     compute_noise_quantiles: tuple[float, ...] = ()
     # The same for a run beside another browser's launch (LAUNCH_NOISE_WINDOW_MS) or another page's
     # first session create (WARM_NOISE_WINDOW_MS), relative to the slowdown the launch's own CPU model
-    # (launch_threads, launch_tail_ms) gives it: measured mostly unslowed with spikes of 2-6x. () : compute_noise_quantiles there too.
+    # (launch_threads, launch_tail_ms) gives it: measured mostly unslowed with spikes of 2-6x.
+    # () : compute_noise_quantiles there too.
     launch_noise_quantiles: tuple[float, ...] = ()
     # The same for a page's (or a session's) runs 1..STEADY_NOISE_RUNS-1, relative to the warm-up model.
     early_noise_quantiles: tuple[float, ...] = ()
