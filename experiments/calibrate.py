@@ -132,14 +132,13 @@ def extract(store: Store, run_id: str) -> RunData:
             backend[e["browser"]] = json.loads(e["detail"]).get("got", str(s.backend))
     shape: dict[int, tuple[int, int]] = {}
     started: dict[tuple, float] = {}
-    warmed: set[tuple[str, int]] = set()
     loading: dict[tuple[str, int], float] = {}
     free: dict[str, float] = {}                  # when each page's task chain last became free
     ready_at: dict[str, float] = {}
     launching: dict[str, float] = {}
     windows: list[tuple[str, float, float, str]] = []      # (browser, start, end, what): startup CPU work
     runs_in_page: dict[str, int] = {}
-    runs_in_session: dict[tuple[str, int], int] = {}
+    runs_in_session: dict[tuple[str, int], int] = {}   # (page, shard) -> runs of its current session
     sessions: dict[str, int] = {}
     first_end: dict[str, float] = {}             # when each page's first session create ended
     faults: list[tuple[str, float]] = []
@@ -160,14 +159,14 @@ def extract(store: Store, run_id: str) -> RunData:
             spec = _plan(s.model, s.shards, str(s.shard_type), bsz, seq).shards[e["shard"]]
             key = (b, e["shard"])
             runs_in_page[b] = runs_in_page.get(b, 0) + 1
-            runs_in_session[key] = runs_in_session.get(key, 0) + 1 if key in warmed else 1
+            first = key not in runs_in_session
+            runs_in_session[key] = runs_in_session.get(key, 0) + 1
             data.samples.append(Sample(
                 run_id, kind_of(b), backend.get(b, str(s.backend)),
                 {c: spec.flops_by_class.get(c, 0.0) / 1e9 for c in CLASSES},
                 float(spec.input_bytes + spec.output_bytes), float(e["value"]), t - t0,
-                t - float(e["value"]), t, b, first=key not in warmed, page_index=runs_in_page[b] - 1,
+                t - float(e["value"]), t, b, first=first, page_index=runs_in_page[b] - 1,
                 session_index=runs_in_session[key] - 1))
-            warmed.add(key)
         elif k == "shard_load_started":
             loading[(b, e["shard"])] = t
         elif k == "shard_loaded":
@@ -180,7 +179,7 @@ def extract(store: Store, run_id: str) -> RunData:
                 lo = t0 + 0.3 * (t - t0)
                 n = sum(1 for x in ev if x["kind"] == "heartbeat_received" and x["browser"] == b and lo < x["t_ms"] < t - 20)
                 data.load_beats.append((kind_of(b), n * interval / (0.7 * (t - t0))))
-            warmed.discard((b, e["shard"]))
+            runs_in_session.pop((b, e["shard"]), None)      # a new session of that shard
             if e["value"] is not None and e["value"] > 5.0 and t0 is not None:
                 data.loads.append((kind_of(b), float(base.shards[e["shard"]].weight_mb),
                                    float(e["value"]) - (t0 - asked), sessions.get(b, 0) == 0))
@@ -198,7 +197,7 @@ def extract(store: Store, run_id: str) -> RunData:
                 data.launches.append((kind_of(b), float(e["value"])))
                 windows.append((b, launching.pop(b, t - float(e["value"])), t, "launch"))
                 windows.append((b, t, t + TAIL_WINDOW_MS, "tail"))
-            warmed -= {w for w in warmed if w[0] == b}
+            runs_in_session = {ps: n for ps, n in runs_in_session.items() if ps[0] != b}
             runs_in_page[b] = sessions[b] = 0
             first_end.pop(b, None)
             free.pop(b, None)
@@ -582,15 +581,11 @@ def noise_quantiles(samples: list[Sample], predicted) -> tuple[tuple[float, ...]
                           and s.concurrent == 1 and not s.beside_startup and not s.beside_launch], NOISE_MIN_SAMPLES)
 
 
-def early_noise_quantiles(samples: list[Sample], predicted, warm: tuple[float, float, float] | None
-                          ) -> tuple[tuple[float, ...], dict[str, Any]]:
-    """Runs 1..NOISE_INDEX-1 of a page or a session (warm, alone, beside no startup or launch): compute / (prediction x
-    the warm-up model the simulator applies at that run index), as QUANTILES factors."""
-    factor, tau, extra = warm or (1.0, 0.0, 0.0)
-
-    def model(s: Sample) -> float:
-        return predicted(s) if tau <= 0 else warm_ms(predicted(s), s.page_index, factor, tau, extra)
-    return _quantile_fit([s.compute_ms / model(s) for s in samples if not s.first and not steady(s)
+def early_noise_quantiles(samples: list[Sample], with_warmup) -> tuple[tuple[float, ...], dict[str, Any]]:
+    """Runs 1..NOISE_INDEX-1 of a page or a session (warm, alone, beside no startup or launch): compute /
+    `with_warmup(s)` (the prediction with the warm-up the simulator applies at that run index), as
+    QUANTILES factors."""
+    return _quantile_fit([s.compute_ms / with_warmup(s) for s in samples if not s.first and not steady(s)
                           and s.concurrent == 1 and not s.beside_startup and not s.beside_launch],
                          LAUNCH_NOISE_MIN_SAMPLES)
 
@@ -777,7 +772,7 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
             ch["launch_threads"], ch["launch_cpu_fraction"] = launch_cpu[kind]
         if main_thread and kind in launch_tail:
             ch["launch_tail_ms"], ch["launch_tail_threads"] = launch_tail[kind]
-        def warmed(s: Sample, w=warm.get(kind)) -> float:
+        def with_warmup(s: Sample, w=warm.get(kind)) -> float:
             """The prediction with the warm-up the simulator applies at the run's index in its page: early
             runs beside a launch (all pages' first runs follow their loads) carry it too."""
             return predicted(s) if w is None or w[1] <= 0 else warm_ms(predicted(s), s.page_index, *w)
@@ -787,13 +782,12 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
             if q:
                 ch["compute_noise_quantiles"] = q
                 lq, residuals[f"launch_noise.{kind}"] = launch_noise_quantiles(
-                    runs, kind, lambda s: warmed(s) if (s.kind, s.backend) in fitted_rates else s.compute_ms,
+                    runs, kind, lambda s: with_warmup(s) if (s.kind, s.backend) in fitted_rates else s.compute_ms,
                     lambda r, s: launch_slowdown(r, s, launch_model, launch_tail, weight.get(kind, 1.0), cores))
                 if lq:
                     ch["launch_noise_quantiles"] = lq
                 eq, residuals[f"early_noise.{kind}"] = early_noise_quantiles(
-                    [s for s in samples if s.kind == kind and (s.kind, s.backend) in fitted_rates], predicted,
-                    warm.get(kind))
+                    [s for s in samples if s.kind == kind and (s.kind, s.backend) in fitted_rates], with_warmup)
                 if eq:
                     ch["early_noise_quantiles"] = eq
         own_cv = [r["log_ratio_sd"] for k, r in residuals.items() if k.startswith(f"compute.{kind}.") and r.get("n", 0) > 2]
