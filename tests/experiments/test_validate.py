@@ -4,7 +4,6 @@ one short real run (browser marker) end to end."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 
 import numpy as np
@@ -155,8 +154,8 @@ def test_real_validate_end_to_end(tmp_path, capsys):
     # (with a profile whose compute fit missed its own runs: validate repeats calibrate's warning)
     from sim.profile import DEFAULT_PROFILE
     suspect = tmp_path / "suspect.json"
-    suspect.write_text(json.dumps(dataclasses.replace(DEFAULT_PROFILE, residuals={
-        "compute.chromium.wasm": {"fitted": True, "n": 50, "median_abs_pct": 9.0}}).to_dict()))
+    dataclasses.replace(DEFAULT_PROFILE, residuals={
+        "compute.chromium.wasm": {"fitted": True, "n": 50, "median_abs_pct": 9.0}}).save(suspect)
     assert main(["validate", *flags, "--reuse-real", "--profile", str(suspect)]) in (0, 1)
     out = capsys.readouterr().out
     assert "reusing 1 stored real run(s) of this scenario\n" in out and f"real run(s) {first} vs sim" in out
