@@ -48,14 +48,27 @@ class CoordinatorConfig:
         return tuple(s.index for s in self.shards if s.index not in needed)
 
 
-def config_for_profile(scenario, plan, profile, history_speed: Mapping[str, float] | None = None
-                       ) -> CoordinatorConfig:
+def config_for_profile(scenario, plan, profile, history_speed: Mapping[str, float] | None = None,
+                       placement: Mapping | None = None) -> CoordinatorConfig:
     """The configuration both engines use under a calibration profile: placement speeds from its
     compute rates, the smallest page memory budget. A real run and its simulated twin must decide
-    alike (a failover target, a capacity placement), so they take it from the same profile."""
+    alike (a failover target, a capacity placement), so they take it from the same profile.
+    `placement`: a run's `placement_record` instead (a twin of a real run made under another
+    profile decides as that run did)."""
+    if placement:
+        speeds, memory_mb = placement["speed_gflops"], float(placement["memory_mb"])
+        return build_config(scenario, plan, memory_mb=memory_mb, history_speed=history_speed,
+                            speed_of=lambda k, b: float(speeds[str(k)]) if str(k) in speeds else profile.gflops(k, b))
     return build_config(scenario, plan, speed_of=profile.gflops,
                         memory_mb=min(b.memory_budget_mb for b in profile.browsers.values()),
                         history_speed=history_speed)
+
+
+def placement_record(cfg: CoordinatorConfig) -> dict:
+    """What a run's placement decisions were made from (each browser kind's speed, the page memory
+    budget): stored with the run so that a later simulated twin can decide alike."""
+    return {"speed_gflops": {str(b.kind): b.gflops for b in cfg.browsers},
+            "memory_mb": min((b.memory_mb for b in cfg.browsers), default=0.0)}
 
 
 def build_config(scenario, plan, *, speed_of, memory_mb: float,

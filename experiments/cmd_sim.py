@@ -20,11 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_sweep(sub)
 
 
-def simulate_and_store(scenario, profile, db: str, seed: int | None = None) -> dict:
+def simulate_and_store(scenario, profile, db: str, seed: int | None = None, placement: dict | None = None) -> dict:
     """Run in the simulator, store the run (one transaction), return the result JSON.
-    `seed`: the simulator's seed instead of the scenario's (same scenario, another sample)."""
+    `seed`: the simulator's seed instead of the scenario's (same scenario, another sample);
+    `placement`: a real run's placement record to decide from (its twin)."""
     with Store(db) as store:
-        stored = run_sim_stored(store, scenario, profile, seed=seed)
+        stored = run_sim_stored(store, scenario, profile, seed=seed, placement=placement)
         stored.finish()
     return stored.result
 

@@ -212,12 +212,37 @@ def run_pair(scenario, profile, db: str, timeout_s: float = 600.0, condition: bo
         if bg is not None:
             bgs.append(bg)
     bg = sum(bgs) / len(bgs) if bgs else None
+    placement = placement_of(db, reals, profile, str(scenario.backend), out)
     if condition and bg is not None:
         out(f"host background load during the real run(s): {bg:.2f} cores busy outside them (the sim is told; "
             f"profile average {profile.background_cores:.2f})\n")
         profile = dataclasses.replace(profile, background_cores=bg)
-    sims = [simulate_and_store(scenario, profile, db, seed=scenario.seed + i)["run_id"] for i in range(max(1, sim_seeds))]
+    sims = [simulate_and_store(scenario, profile, db, seed=scenario.seed + i, placement=placement)["run_id"]
+            for i in range(max(1, sim_seeds))]
     return reals, sims
+
+
+def placement_of(db: str, run_ids: list[str], profile, backend: str, out) -> dict | None:
+    """The placement record the real runs decided from (their twins must decide alike: a profile
+    refitted since ranks browsers anew and can pick another failover target); None, with a note,
+    when a run predates the record or the runs disagree (then the profile decides)."""
+    with Store(db) as store:
+        recs = [(store.run(r).result or {}).get("placement") for r in run_ids]
+    if not recs:
+        return None
+    if any(r is None for r in recs):
+        out(f"note: real run(s) {', '.join(r for r, x in zip(run_ids, recs) if x is None)} have no placement "
+            f"record (stored before it was kept): the sim places from profile {profile.name}'s speeds, which "
+            "may pick other browsers than the real run did\n")
+        return None
+    if any(r != recs[0] for r in recs[1:]):
+        out("note: the real runs were placed from different speeds; the sim places from the profile's\n")
+        return None
+    ours = {str(b): profile.gflops(b, backend) for b in recs[0]["speed_gflops"]}
+    if ours != recs[0]["speed_gflops"]:
+        out("the sim places as the real run(s) did (their stored placement speeds "
+            + ", ".join(f"{k} {v:.1f}" for k, v in sorted(recs[0]["speed_gflops"].items())) + " GFLOPS)\n")
+    return recs[0]
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

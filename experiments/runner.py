@@ -41,16 +41,18 @@ class StoredRun:
 
 def run_sim_stored(store: Store, scenario, profile, seed: int | None = None,
                    history_speed: dict | None = None,
-                   around: AbstractContextManager | None = None) -> StoredRun:
+                   around: AbstractContextManager | None = None, placement: dict | None = None) -> StoredRun:
     """Register a sim run in `store`, simulate it (inside `around`, e.g. a progress printer)
     and compute its result; a failure marks the run aborted. `seed`: the simulator's seed
-    instead of the scenario's. The caller writes it with `.finish()`."""
+    instead of the scenario's; `placement`: a real run's placement record to decide from.
+    The caller writes it with `.finish()`."""
     from sim.run import run_scenario, sim_result
     seed = scenario.seed if seed is None else seed
     run_id = store.begin_run("sim", scenario, profile.name, seed, host_info())
     try:
         with around or nullcontext():
-            run = run_scenario(scenario, profile, seed=seed, run_id=run_id, history_speed=history_speed)
+            run = run_scenario(scenario, profile, seed=seed, run_id=run_id, history_speed=history_speed,
+                               placement=placement)
     except BaseException:
         store.abort_run(run_id, reason="simulation error")
         raise
@@ -59,7 +61,9 @@ def run_sim_stored(store: Store, scenario, profile, seed: int | None = None,
 
 def real_extras(run, scenario) -> dict[str, Any]:
     """The extras every real result carries (besides the seed guide's fields)."""
-    return {"weights": run.shards.weights, "backend_requested": str(scenario.backend), "aborted": run.aborted}
+    from coordinator.config import placement_record
+    return {"weights": run.shards.weights, "backend_requested": str(scenario.backend), "aborted": run.aborted,
+            "placement": placement_record(run.coordinator.cfg)}
 
 
 def run_real_stored(store: Store, scenario, extra: Callable[[Any], dict[str, Any]] | None = None,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Iterator
 
-from coordinator.config import config_for_profile
+from coordinator.config import config_for_profile, placement_record
 from coordinator.core import Coordinator
 from events.records import RunStarted, to_events
 from events.scenario import Scenario
@@ -45,11 +45,12 @@ def plan_for(s: Scenario) -> ShardPlan:
 
 def run_scenario(s: Scenario, profile: Profile = DEFAULT_PROFILE, seed: int | None = None,
                  run_id: str | None = None, history_speed: dict | None = None,
-                 time_limit_ms: float | None = None) -> SimRun:
-    """`time_limit_ms` (default: the world's, one simulated hour) aborts the run when reached."""
+                 time_limit_ms: float | None = None, placement: dict | None = None) -> SimRun:
+    """`time_limit_ms` (default: the world's, one simulated hour) aborts the run when reached.
+    `placement`: decide from this placement record (a real run's) instead of the profile's speeds."""
     seed = s.seed if seed is None else seed
     plan = plan_for(s)
-    cfg = config_for_profile(s, plan, profile, history_speed)
+    cfg = config_for_profile(s, plan, profile, history_speed, placement)
     coord = Coordinator(cfg)
     coord._commit(RunStarted(0.0, engine="sim"))
     inputs = list(compile_scenario(s))
@@ -60,7 +61,7 @@ def run_scenario(s: Scenario, profile: Profile = DEFAULT_PROFILE, seed: int | No
         world = SimWorld(coord, plan, plans, profile, str(s.backend), seed, inputs, mtbf_s=s.mtbf_s, **limit)
         world.run()
         events = (*inputs, *to_events(coord.log, len(inputs)))
-    run_id = run_id or f"sim-{uuid.UUID(int=_stable_int(s, seed, profile)).hex[:16]}"
+    run_id = run_id or f"sim-{uuid.UUID(int=_stable_int(s, seed, profile, placement)).hex[:16]}"
     return SimRun(EventLog(run_id, Source.SIM, events), plan, coord, world.sim_events)
 
 
@@ -78,10 +79,14 @@ def _fewer_gc_passes(gen0: int = 20_000) -> Iterator[None]:
         gc.set_threshold(*old)
 
 
-def _stable_int(s: Scenario, seed: int, profile: Profile) -> int:
+def _stable_int(s: Scenario, seed: int, profile: Profile, placement: dict | None = None) -> int:
     import hashlib
+    import json
     from events.scenario_file import scenario_hash
-    h = hashlib.sha256(f"{scenario_hash(s)}|{seed}|{profile.name}|{profile.version}".encode()).hexdigest()
+    key = f"{scenario_hash(s)}|{seed}|{profile.name}|{profile.version}"
+    if placement:
+        key += "|" + json.dumps(placement, sort_keys=True)
+    h = hashlib.sha256(key.encode()).hexdigest()
     return int(h[:32], 16)
 
 
@@ -93,4 +98,5 @@ def sim_result(run: SimRun, scenario: Scenario, profile: Profile, **extra) -> di
                        extra={"profile": {"name": profile.name, "version": profile.version,
                                           "calibrated": profile.calibrated},
                               "weights": "none (simulated: analytic cost model)",
+                              "placement": placement_record(run.coordinator.cfg),
                               "sim_events": run.sim_events, **extra})

@@ -153,6 +153,9 @@ def test_real_validate_end_to_end(tmp_path, capsys):
     first, = real_runs()
     # (with a profile whose compute fit missed its own runs: validate repeats calibrate's warning)
     from sim.profile import DEFAULT_PROFILE
+    with Store(db) as st:       # what the run placed from, for its later twins
+        assert st.run(first).result["placement"]["speed_gflops"] == {
+            k: DEFAULT_PROFILE.gflops(k, "wasm") for k in ("chromium", "firefox")}
     suspect = tmp_path / "suspect.json"
     dataclasses.replace(DEFAULT_PROFILE, residuals={
         "compute.chromium.wasm": {"fitted": True, "n": 50, "median_abs_pct": 9.0}}).save(suspect)
@@ -221,3 +224,49 @@ def test_reproducibility_is_the_error_between_real_repeats():
         assert reproducibility(st.con, reals[:1]) is None
     # 110 vs 100 -> 10%, 100 vs 110 -> 9.09%: the median of the two ordered pairs
     assert rep["pairs"] == 2 and rep["median_err_pct"] == pytest.approx((10.0 + 100 / 11) / 2)
+
+
+def test_a_twin_places_as_the_run_it_replays(tmp_path):
+    """A profile refitted after a real run can rank the browsers the other way (measured: Chromium's
+    matmul fit moved 25-38 GFLOPS between collects, Firefox's 25-29) and so pick another failover
+    target than the run did; the twin decides from the placement record stored with the run."""
+    from experiments.cmd_sim import simulate_and_store
+    from experiments.cmd_validate import placement_of
+    from sim.profile import DEFAULT_PROFILE as P
+
+    def speeds(chromium: float, firefox: float):
+        def br(kind, g):
+            b = P.browsers[kind]
+            return dataclasses.replace(b, backends={**b.backends, "wasm": dataclasses.replace(b.backends["wasm"],
+                                                                                              matmul_gflops=g)})
+        return dataclasses.replace(P, name=f"c{chromium:g}-f{firefox:g}",
+                                   browsers={**P.browsers, "chromium": br("chromium", chromium),
+                                             "firefox": br("firefox", firefox)})
+    scen = parse_scenario({"model": "all-MiniLM-L6-v2", "shards": 3, "shard_type": "layer",
+                           "browsers": ["chromium", "firefox", "firefox"], "fault_tolerance_level": "low",
+                           "recovery_strategy": "failover", "faults": [{"type": "browser_crash", "at_ms": 300.0,
+                                                                         "browser": "2"}],
+                           "workload": {"kind": "iterations", "iterations": 20, "batch_size": 1, "seq_len": 32}})
+    db = str(tmp_path / "t.duckdb")
+
+    def failover_target(run_id: str) -> str:
+        with Store(db) as st:
+            (b,), = st.con.execute("SELECT browser FROM events WHERE run_id = ? AND kind = 'shard_placed' AND t_ms > "
+                                   "(SELECT min(t_ms) FROM events WHERE run_id = ? AND kind = 'fault_injected')",
+                                   [run_id, run_id]).fetchall()
+        return b
+    then, now = speeds(40.0, 20.0), speeds(20.0, 40.0)
+    run = simulate_and_store(scen, then, db)          # the run being replayed, made under `then`
+    assert run["placement"] == {"speed_gflops": {"chromium": 40.0, "firefox": 20.0}, "memory_mb": 4096.0}
+    assert failover_target(run["run_id"]) == "chromium-0"
+    said: list[str] = []
+    rec = placement_of(db, [run["run_id"]], now, "wasm", said.append)
+    assert rec == run["placement"] and "the sim places as the real run(s) did" in said[0]
+    assert failover_target(simulate_and_store(scen, now, db, placement=rec)["run_id"]) == "chromium-0"
+    assert failover_target(simulate_and_store(scen, now, db)["run_id"]) == "firefox-1"
+    # a run stored before the record was kept: the profile decides, and validate says so
+    with Store(db) as st:
+        st.con.execute("UPDATE runs SET result = json_object('requests', 1) WHERE run_id = ?", [run["run_id"]])
+    said.clear()
+    assert placement_of(db, [run["run_id"]], now, "wasm", said.append) is None
+    assert "have no placement record" in said[0]
