@@ -36,8 +36,8 @@ from coordinator.settings import resolve
 from events.store import Store
 from models.partition import make_plan
 from shardtwin.errors import InputError
-from sim.profile import (AGED_PAGE_MS, DEFAULT_PROFILE, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS,
-                         WARM_NOISE_WINDOW_MS, BackendRate, Profile, background_factor, warm_ms)
+from sim.profile import (AGED_PAGE_MS, DEFAULT_PROFILE, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS,
+                         WARM_NOISE_WINDOW_MS, BackendRate, Profile, background_factor, warm_after)
 
 CLASSES = ("matmul", "attention", "elementwise", "conv")
 RATE_FIELD = {"matmul": "matmul_gflops", "attention": "attention_gflops", "elementwise": "elementwise_gflops",
@@ -51,6 +51,7 @@ QUANTILES = 21           # heartbeat extra-delay quantiles kept in the profile
 # Chromium backgrounds some renderers at nice 5 ~ 0.33). The weight that makes the runs agree best wins.
 WEIGHTS = (1.0, 0.7, 0.5, 0.33, 0.2)
 STEADY_INDEX = 4         # runs in a page before its compute speed is steady (Chromium tier-up)
+STEADY_AFTER_MS = 1000.0  # ... or ms after its first run ended (the tier-up is over time: fit_warmup_time)
 NOISE_INDEX = STEADY_NOISE_RUNS   # runs in a page before its run-to-run noise is steady (tier-up bumps at 4-6)
 NOISE_MIN_SAMPLES = 30   # fewer steady runs of a kind: keep the lognormal compute_cv model
 LAUNCH_NOISE_MIN_SAMPLES = 20
@@ -60,7 +61,6 @@ AFTERMATH = ("tail", "warm")
 TAIL_WINDOW_MS = LAUNCH_NOISE_WINDOW_MS   # after a BROWSER_READY: the launched browser may still be working
 TAIL_WINDOWS = (250.0, 500.0, 750.0, 1000.0, 1500.0)
 SETTLE_TAUS = (500.0, 1000.0, 1500.0, 2000.0, 3000.0)
-TAUS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
 @lru_cache(maxsize=256)
@@ -88,6 +88,9 @@ class Sample:
     beside_startup: bool = False  # another page launched or loaded during most of this run
     beside_launch: bool = False  # started while another browser launched or within LAUNCH_NOISE_WINDOW_MS after,
     #                              or within WARM_NOISE_WINDOW_MS after another page's first session create
+    since_own_load: float | None = None   # ms after its page's latest later session create (made once the
+    #                                       page had run), when there was one
+    since_first_run: float | None = None  # ms after its page's first run ended (None: it is that run)
 
 
 @dataclass
@@ -141,6 +144,8 @@ def extract(store: Store, run_id: str) -> RunData:
     runs_in_session: dict[tuple[str, int], int] = {}   # (page, shard) -> runs of its current session
     sessions: dict[str, int] = {}
     first_end: dict[str, float] = {}             # when each page's first session create ended
+    later_end: dict[str, float] = {}             # ... its latest session create after it had run
+    first_run_end: dict[str, float] = {}         # ... its first shard run ended
     faults: list[tuple[str, float]] = []
     for e in ev:
         k, b, t = e["kind"], e["browser"], e["t_ms"]
@@ -166,7 +171,10 @@ def extract(store: Store, run_id: str) -> RunData:
                 {c: spec.flops_by_class.get(c, 0.0) / 1e9 for c in CLASSES},
                 float(spec.input_bytes + spec.output_bytes), float(e["value"]), t - t0,
                 t - float(e["value"]), t, b, first=first, page_index=runs_in_page[b] - 1,
-                session_index=runs_in_session[key] - 1))
+                session_index=runs_in_session[key] - 1,
+                since_own_load=(t - float(e["value"]) - later_end[b]) if b in later_end else None,
+                since_first_run=(t - float(e["value"]) - first_run_end[b]) if b in first_run_end else None))
+            first_run_end.setdefault(b, t)
         elif k == "shard_load_started":
             loading[(b, e["shard"])] = t
         elif k == "shard_loaded":
@@ -187,6 +195,8 @@ def extract(store: Store, run_id: str) -> RunData:
                 data.load_since.append(None if b not in first_end else t0 - first_end[b])
                 if b not in first_end:
                     windows.append((b, t, t + WARM_NOISE_WINDOW_MS, "warm"))
+                elif runs_in_page.get(b, 0) > 0:
+                    later_end[b] = t
                 first_end.setdefault(b, t)
                 windows.append((b, t0, t, "load"))
                 sessions[b] = sessions.get(b, 0) + 1
@@ -200,6 +210,8 @@ def extract(store: Store, run_id: str) -> RunData:
             runs_in_session = {ps: n for ps, n in runs_in_session.items() if ps[0] != b}
             runs_in_page[b] = sessions[b] = 0
             first_end.pop(b, None)
+            later_end.pop(b, None)
+            first_run_end.pop(b, None)
             free.pop(b, None)
             ready_at[b] = t
         if k == "fault_injected" and b and json.loads(e["detail"] or "{}").get("fault") == "browser_crash":
@@ -428,15 +440,56 @@ def fit_loads(loads: list[tuple[str, float, float, bool, int, float]], link_late
     return per_kind, pooled, res
 
 
-def fit_warmup(ratio_by_index: dict[int, float]) -> tuple[float, float]:
-    """(factor, runs): ratio(n) = 1 + (factor - 1) * exp(-n / runs), factor = ratio(0), runs by grid."""
-    f0 = max(ratio_by_index[0], 1.0)
-    if f0 <= 1.0:
-        return 1.0, 0.0
-    def err(tau: float) -> float:
-        return sum((math.log(1 + (f0 - 1) * math.exp(-n / tau)) - math.log(max(r, 1e-3))) ** 2
-                   for n, r in ratio_by_index.items() if 0 < n <= 2 * STEADY_INDEX)
-    return f0, min(TAUS, key=err)
+WARMUP_TAUS_MS = (50.0, 75.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0, 500.0, 700.0, 1000.0)
+
+
+def fit_warmup_time(after: list[tuple[float, float]]) -> tuple[float, float]:
+    """(after factor, tau ms) of ratio(t) = 1 + (factor - 1) * exp(-t / tau) over (t = ms since the
+    page's first run ended, measured / steady) pairs of the runs after it, by grid, least absolute log
+    error (launch spikes among them do not drag it). (1, 1): no warm-up after the first run (fewer than
+    20 runs in the first second)."""
+    xs = [(t, math.log(max(r, 1e-3))) for t, r in after if 0.0 <= t < 2000.0]
+    if sum(1 for t, _ in xs if t < 1000.0) < 20:
+        return 1.0, 1.0
+    t_ = np.array([t for t, _ in xs])
+    y_ = np.array([y for _, y in xs])
+    best = (math.inf, 1.0, 1.0)
+    for tau in WARMUP_TAUS_MS:
+        d = np.exp(-t_ / tau)
+        for f in np.arange(1.0, 4.001, 0.05):
+            e = float(np.abs(y_ - np.log1p((f - 1.0) * d)).sum())
+            if e < best[0] - 1e-9:
+                best = (e, float(f), tau)
+    return best[1], best[2]
+
+
+POST_LOAD_WINDOWS = (250.0, 500.0, 750.0, 1000.0)
+POST_LOAD_MIN_FACTOR = 1.15     # a smaller slowdown is left to the noise tables
+
+
+def fit_post_load(samples: list[Sample], predicted) -> tuple[float, float, dict[str, Any]]:
+    """(post_load_ms, post_load_factor) of one kind: its warm runs of old sessions (past
+    STEADY_NOISE_RUNS) that start within 1.5 s after their own page's later session create, against
+    the steady fit. Grid over the window; factor = the median ratio inside it. (0, 1) when fewer than
+    8 runs fall inside or they are not POST_LOAD_MIN_FACTOR slow."""
+    xs = [(s.since_own_load, s.compute_ms / predicted(s)) for s in samples
+          if s.since_own_load is not None and 0.0 <= s.since_own_load < 1500.0 and not s.first
+          and s.session_index >= STEADY_NOISE_RUNS and s.concurrent == 1]
+    best = None
+    for w in POST_LOAD_WINDOWS:
+        inside = [r for t, r in xs if t < w]
+        if len(inside) < 8:
+            continue
+        f = float(np.median(inside))
+        err = sum((math.log(max(r, 1e-3)) - math.log(f if t < w else 1.0)) ** 2 for t, r in xs)
+        if best is None or err < best[0] - 1e-9:
+            best = (err, w, f, len(inside))
+    if best is None or best[2] < POST_LOAD_MIN_FACTOR:
+        return 0.0, 1.0, {"n": len(xs), "fitted": False,
+                          "median_ratio_first_500ms": float(np.median([r for t, r in xs if t < 500] or [1.0]))}
+    return best[1], best[2], {"n": len(xs), "fitted": True, "n_inside": best[3], "post_load_ms": best[1],
+                              "post_load_factor": best[2],
+                              "median_ratio_after": float(np.median([r for t, r in xs if t >= best[1]] or [1.0]))}
 
 
 def threads_for_slowdown(s: float, page_weight: float, cores: float) -> float:
@@ -660,8 +713,11 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
         quiet = [s for s in sub if not s.beside_launch]           # the launch model and its noise cover these
         sub = quiet if len(quiet) >= 20 else sub
         sub = [s for s in sub if s.concurrent == 1] or sub
-        steady = [s for s in sub if s.page_index >= STEADY_INDEX]
-        sub = steady if len(steady) >= 8 else sub      # past the WASM tier-up when there is enough data
+        # past the WASM tier-up when there is enough data: a second after the page's first run (measured
+        # done by ~0.6 s), else past its first STEADY_INDEX runs
+        steady = [s for s in sub if s.since_first_run is not None and s.since_first_run >= STEADY_AFTER_MS]
+        steady = steady if len(steady) >= 8 else [s for s in sub if s.page_index >= STEADY_INDEX]
+        sub = steady if len(steady) >= 8 else sub
         best = None
         for w in (WEIGHTS if known_bg else (browsers[kind].cpu_weight,)):
             scaled = [dataclasses.replace(s, compute_ms=s.compute_ms / background_factor(cores, w, bg[s.run_id]))
@@ -676,21 +732,32 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
     def predicted(s: Sample) -> float:
         return predict_compute(fitted_rates[(s.kind, s.backend)], s) * background_factor(
             cores, weight.get(s.kind, 1.0), bg[s.run_id])
-    # warm-up curve over the run index in a page, and contention, relative to the steady fit
-    warm: dict[str, tuple[float, float, float]] = {}
+    # a page's runs right after its own later session create (a failover onto it): slowed apart from
+    # any launch beside them, so they are fitted here and kept out of the launch and noise fits below
+    post_load: dict[str, tuple[float, float]] = {}
+    for kind in sorted({s.kind for s in samples}):
+        ms_, f_, residuals[f"post_load.{kind}"] = fit_post_load(
+            [s for s in samples if s.kind == kind and (s.kind, s.backend) in fitted_rates], predicted)
+        if ms_ > 0:
+            post_load[kind] = (ms_, f_)
+
+    def post(s: Sample) -> float:
+        """The post-load factor the simulator gives run `s` (1 outside the window)."""
+        ms_, f_ = post_load.get(s.kind, (0.0, 1.0))
+        return f_ if s.since_own_load is not None and 0.0 <= s.since_own_load < ms_ else 1.0
+    runs_q = [dataclasses.replace(r, samples=[s for s in r.samples if post(s) == 1.0]) for r in runs]
+    samples_q = [s for r in runs_q for s in r.samples]
+    # warm-up: a page's first run, and the runs after it over time, relative to the steady fit
+    warm: dict[str, tuple[float, float, float, float]] = {}   # kind -> (factor, extra ms, after factor, tau ms)
     eff: list[float] = []
     for kind in sorted({s.kind for s in samples}):
-        by_index: dict[int, list[float]] = defaultdict(list)
-        for s in samples:
-            if s.kind == kind and (s.kind, s.backend) in fitted_rates and s.concurrent == 1 and not s.beside_startup:
-                by_index[min(s.page_index, 2 * STEADY_INDEX)].append(s.compute_ms / predicted(s))
-        if 0 in by_index:
-            factor, runs_ = fit_warmup({i: float(np.median(v)) for i, v in by_index.items()})
+        ours = [s for s in samples if s.kind == kind and (s.kind, s.backend) in fitted_rates and s.concurrent == 1
+                and not s.beside_startup]
+        firsts = [(predicted(s), s.compute_ms) for s in ours if s.page_index == 0]
+        if firsts:
+            factor, extra = max(float(np.median([y / p for p, y in firsts])), 1.0), 0.0
             # a page's first run costs extra + (factor - 1) * its steady time: both from the first runs
-            # of pages whose shards differ in size (else the ratio alone, as before)
-            firsts = [(predicted(s), s.compute_ms) for s in samples if s.kind == kind and s.page_index == 0
-                      and (s.kind, s.backend) in fitted_rates and s.concurrent == 1 and not s.beside_startup]
-            extra = 0.0
+            # of pages whose shards differ in size (else the ratio alone)
             if len(firsts) >= 4 and len({round(p, 0) for p, _ in firsts}) >= 3:
                 P_ = np.array([p for p, _ in firsts])
                 R_ = np.array([y - p for p, y in firsts])
@@ -698,14 +765,19 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
                                                                     np.array([float(np.median(R_)), 0.5]),
                                                                     max(float(np.median(np.abs(R_))) * 0.2, 1.0)))
                 extra, factor = A, 1.0 + B
-            warm[kind] = (factor, runs_, extra)
-            residuals[f"warmup.{kind}"] = {"median_ratio_by_run_index": {i: float(np.median(v)) for i, v
-                                                                         in sorted(by_index.items())},
-                                           "factor": factor, "runs": runs_, "extra_ms": extra,
-                                           "first_runs": len(firsts)}
+            after = [(s.since_first_run, s.compute_ms / predicted(s)) for s in ours
+                     if not s.first and s.since_first_run is not None]
+            after_f, tau = fit_warmup_time(after)
+            warm[kind] = (factor, extra, after_f, tau)
+            residuals[f"warmup.{kind}"] = {
+                "median_ratio_by_100ms_after_first_run": {
+                    b: float(np.median([r for t, r in after if b <= t < b + 100])) for b in range(0, 1000, 100)
+                    if any(b <= t < b + 100 for t, _ in after)},
+                "factor": factor, "extra_ms": extra, "after_factor": after_f, "warmup_ms": tau,
+                "first_runs": len(firsts), "runs_after": len(after)}
         # a new session's first run in a page that is past its own warm-up (failover onto a live page)
-        late = [s.compute_ms - predicted(s) for s in samples if s.kind == kind and s.first
-                and s.page_index >= STEADY_INDEX and (s.kind, s.backend) in fitted_rates and s.concurrent == 1]
+        late = [s.compute_ms / post(s) - predicted(s) for s in samples if s.kind == kind and s.first
+                and s.page_index >= LATE_SESSION_RUNS and (s.kind, s.backend) in fitted_rates and s.concurrent == 1]
         if late:
             residuals.setdefault(f"warmup.{kind}", {})["session_first_run_ms"] = max(0.0, float(np.median(late)))
             residuals[f"warmup.{kind}"]["late_first_runs"] = len(late)
@@ -728,11 +800,11 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
              for (k, mb, ms, first), n, age, since in zip(r.loads, r.load_overlap, r.load_age or [0.0] * len(r.loads),
                                                           r.load_since or [None] * len(r.loads))]
     load_lines, pooled_load, residuals["load"] = fit_loads(loads, base.link_latency_ms)
-    launch_cpu, launch_weights, launch_res = fit_launch_cpu(runs, predicted, weight, cores, fitted_rates)
+    launch_cpu, launch_weights, launch_res = fit_launch_cpu(runs_q, predicted, weight, cores, fitted_rates)
     residuals.update(launch_res)
     if main_thread:
         weight.update(launch_weights)    # identified by launches (the background-load grid rarely is)
-    launch_tail, tail_res = fit_launch_tail(runs, predicted, weight, cores, fitted_rates)
+    launch_tail, tail_res = fit_launch_tail(runs_q, predicted, weight, cores, fitted_rates)
     residuals.update(tail_res)
     launch_model = {k: (*(launch_cpu.get(k) or (bp.launch_threads, bp.launch_cpu_fraction)),
                         float(np.median([ms for r in runs for kk, ms in r.launches if kk == k] or [bp.launch_ms])))
@@ -763,31 +835,38 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
             ch["page_init_aged_ms"] = residuals["load"].get(kind, {}).get("page_init_aged_ms")
             ch["settle_load_ms"], ch["settle_ms"] = residuals["load"]["settle"].get(kind, (0.0, bp.settle_ms))
         if kind in warm:
-            ch["warmup_factor"], ch["warmup_runs"], ch["warmup_extra_ms"] = warm[kind]
+            ch["warmup_factor"], ch["warmup_extra_ms"], ch["warmup_after_factor"], ch["warmup_ms"] = warm[kind]
+            ch["warmup_runs"] = 0.0
         if "session_first_run_ms" in residuals.get(f"warmup.{kind}", {}):
             ch["session_first_run_ms"] = residuals[f"warmup.{kind}"]["session_first_run_ms"]
         if kind in weight:
             ch["cpu_weight"] = weight[kind]
+        ch["post_load_ms"], ch["post_load_factor"] = post_load.get(kind, (0.0, 1.0))
         if main_thread and kind in launch_cpu:
             ch["launch_threads"], ch["launch_cpu_fraction"] = launch_cpu[kind]
         if main_thread and kind in launch_tail:
             ch["launch_tail_ms"], ch["launch_tail_threads"] = launch_tail[kind]
         def with_warmup(s: Sample, w=warm.get(kind)) -> float:
-            """The prediction with the warm-up the simulator applies at the run's index in its page: early
-            runs beside a launch (all pages' first runs follow their loads) carry it too."""
-            return predicted(s) if w is None or w[1] <= 0 else warm_ms(predicted(s), s.page_index, *w)
+            """The prediction with the warm-up the simulator applies to the run (its page's first, or
+            since that one ended): early runs beside a launch (all pages' first runs follow their
+            loads) carry it too."""
+            if w is None:
+                return predicted(s)
+            if s.since_first_run is None:
+                return predicted(s) * w[0] + w[1]
+            return warm_after(predicted(s), s.since_first_run, w[2], w[3])
         if any(k == kind for k, _ in fitted_rates):
-            q, residuals[f"noise.{kind}"] = noise_quantiles([s for s in samples if s.kind == kind
+            q, residuals[f"noise.{kind}"] = noise_quantiles([s for s in samples_q if s.kind == kind
                                                              and (s.kind, s.backend) in fitted_rates], predicted)
             if q:
                 ch["compute_noise_quantiles"] = q
                 lq, residuals[f"launch_noise.{kind}"] = launch_noise_quantiles(
-                    runs, kind, lambda s: with_warmup(s) if (s.kind, s.backend) in fitted_rates else s.compute_ms,
+                    runs_q, kind, lambda s: with_warmup(s) if (s.kind, s.backend) in fitted_rates else s.compute_ms,
                     lambda r, s: launch_slowdown(r, s, launch_model, launch_tail, weight.get(kind, 1.0), cores))
                 if lq:
                     ch["launch_noise_quantiles"] = lq
                 eq, residuals[f"early_noise.{kind}"] = early_noise_quantiles(
-                    [s for s in samples if s.kind == kind and (s.kind, s.backend) in fitted_rates], with_warmup)
+                    [s for s in samples_q if s.kind == kind and (s.kind, s.backend) in fitted_rates], with_warmup)
                 if eq:
                     ch["early_noise_quantiles"] = eq
         own_cv = [r["log_ratio_sd"] for k, r in residuals.items() if k.startswith(f"compute.{kind}.") and r.get("n", 0) > 2]

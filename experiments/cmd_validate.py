@@ -356,6 +356,14 @@ def _at(quantiles, prob: float) -> float:
     return float(np.interp(prob, np.linspace(0.0, 1.0, len(quantiles)), quantiles))
 
 
+def _warmup_text(bp) -> str:
+    if bp.warmup_ms > 0:
+        after = (f", later runs x{bp.warmup_after_factor:.2f} 1/e after {bp.warmup_ms:.0f} ms"
+                 if bp.warmup_after_factor > 1.0 else "")
+        return f"first run x{bp.warmup_factor:.2f} + {bp.warmup_extra_ms:.0f} ms{after}"
+    return f"warmup x{bp.warmup_factor:.2f} (1/e after {bp.warmup_runs:g} runs)"
+
+
 def _load_line(bp) -> str:
     if bp.load_ms is not None and bp.load_ms_per_mb is not None:
         settle = (f" (+{bp.settle_load_ms:.0f} ms x exp(-t/{bp.settle_ms:.0f} ms) after the page's first)"
@@ -391,7 +399,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         out(f"  {kind} wasm: matmul {w.matmul_gflops:.1f} GFLOPS, attention {w.attention_gflops:.1f}, elementwise "
             f"{w.elementwise_gflops:.2f}, overhead {w.run_overhead_ms:.1f} ms/run (n={r['n']}, rmse "
             f"{r.get('rmse_ms', 0):.1f} ms, median |err| {r.get('median_abs_pct', 0):.1f}%); hop "
-            f"{bp.hop_overhead_ms:.1f} ms{spread}, warmup x{bp.warmup_factor:.2f} (1/e after {bp.warmup_runs:g} runs), "
+            f"{bp.hop_overhead_ms:.1f} ms{spread}, {_warmup_text(bp)}, "
             f"page init {bp.page_init_ms:.0f} ms, launch {bp.launch_ms:.0f}"
             f"+-{bp.launch_sd_ms:.0f} ms, load {_load_line(bp)}, crash notice {bp.close_notice_ms:.0f} ms\n")
         nz = prof.residuals.get(f"noise.{kind}", {})

@@ -38,6 +38,9 @@ WARM_NOISE_WINDOW_MS = 1000.0
 # Runs in a page, and in a session, before its noise is steady (Chromium's WASM tier-up bumps runs 4-6):
 # earlier runs (but a session's first) draw from early_noise_quantiles when calibrated.
 STEADY_NOISE_RUNS = 8
+# A new session's first run in a page past this many runs costs session_first_run_ms more; a younger
+# page's first runs are the warm-up's (fitted on them, so both would count the same cost twice).
+LATE_SESSION_RUNS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,13 @@ class BrowserProfile:
                                   # exp(-n / warmup_runs) times longer (V8 WASM tier-up measured in Chromium)
     page_init_ms: float = 0.0     # extra cost of a page's first session create (ORT WASM runtime init)
     warmup_extra_ms: float = 0.0  # additive first-run cost of a page (decays like warmup_factor's excess)
+    # > 0: the warm-up is over time instead (measured in Chromium: its optimising WASM tier compiles in
+    # the background after the first run; runs after it are ~2x slow and settle within ~0.3-0.5 s
+    # whatever their size, i.e. after 2 runs of a 70 ms shard but 5 of a 15 ms one). The page's first
+    # run takes ms * warmup_factor + warmup_extra_ms; a run t ms after it ended ms * (1 +
+    # (warmup_after_factor - 1) * exp(-t / warmup_ms)). warmup_runs is then unused.
+    warmup_ms: float = 0.0
+    warmup_after_factor: float = 1.0
     session_first_run_ms: float = 0.0   # extra ms of a shard's first run in a page (a new session's first run)
     # Per-kind load line (calibrated): a session create costs load_ms + MB * load_ms_per_mb in this
     # browser (+ page_init_ms for the page's first); None: the profile's pooled model times load_scale.
@@ -76,6 +86,12 @@ class BrowserProfile:
     # serving for seconds). 0: none.
     settle_load_ms: float = 0.0
     settle_ms: float = 1000.0
+    # After a later session create in a page that has served (a failover onto it), the page's runs
+    # that start within post_load_ms take post_load_factor times longer, whichever session they run
+    # (measured in Chromium: 3.4x in the first 250 ms, 2.9x to 500 ms, 1.0x after 750 ms; Firefox
+    # 1.0x). 0 ms: none.
+    post_load_ms: float = 0.0
+    post_load_factor: float = 1.0
     # The page's main thread sends heartbeats. Measured: Chromium's session create (a shard load)
     # blocks it, Firefox's does not; a shard run (ORT Web WASM) blocks it in both. True: a heartbeat
     # due while blocked leaves when the block ends (setInterval runs once, late).
@@ -162,6 +178,12 @@ def warm_ms(ms: float, runs: float, factor: float, tau: float, extra_ms: float) 
     the fit of the early-run noise."""
     d = math.exp(-runs / tau)
     return ms * (1.0 + (factor - 1.0) * d) + extra_ms * d
+
+
+def warm_after(ms: float, since_ms: float, factor: float, tau_ms: float) -> float:
+    """A page's run `since_ms` after its first run ended under the time warm-up (warmup_ms = tau_ms > 0).
+    Shared by the simulator and the fits of the noise around it."""
+    return ms * (1.0 + (factor - 1.0) * math.exp(-max(since_ms, 0.0) / tau_ms))
 
 
 def background_factor(host_cores: float, weight: float, background: float) -> float:

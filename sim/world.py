@@ -30,8 +30,8 @@ from events.schema import Event, EventKind
 from models.partition import ShardPlan
 from sim.calls import Draws, call_later
 from sim.host import Host
-from sim.profile import (AGED_PAGE_MS, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS, WARM_NOISE_WINDOW_MS, Profile,
-                         background_factor, warm_ms)
+from sim.profile import (AGED_PAGE_MS, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS, WARM_NOISE_WINDOW_MS, Profile,
+                         background_factor, warm_after, warm_ms)
 
 STREAMS = ("launch", "heartbeat", "compute", "mtbf", "hop")
 
@@ -62,6 +62,8 @@ class Page:
     sessions: int = 0                 # sessions created in this page
     ready_at: float = 0.0             # when the page said hello
     first_load_end: float | None = None   # when its first session create ended (settle_load_ms)
+    post_load_until: float = -math.inf    # runs starting before this take post_load_factor longer
+    first_run_end: float | None = None    # when its first shard run ended (warmup_ms)
 
 
 def _inverse_cdf(quantiles) -> tuple[np.ndarray, np.ndarray]:
@@ -346,6 +348,8 @@ class SimWorld:
                 page.first_load_end = self.env.now
                 end = self.env.now + WARM_NOISE_WINDOW_MS      # its optimising compile beside other pages
                 self._launching[page.id] = max(self._launching.get(page.id, 0.0), end)
+            elif page.runs > 0:
+                page.post_load_until = self.env.now + self.p.browsers[page.kind].post_load_ms
             page.loaded.add(cmd.shard)
             self._late_heartbeat(page)
             if self.memory_mb(page) > self.p.browsers[page.kind].memory_budget_mb:
@@ -382,12 +386,17 @@ class SimWorld:
               + f.get("elementwise", 0.0) / rate.elementwise_gflops + f.get("conv", 0.0) / rate.conv_gflops) / 1e6
         ms = ms * page.slow + rate.run_overhead_ms + rate.readback_ms
         bp = self.p.browsers[page.kind]
-        if bp.warmup_runs > 0:
+        if bp.warmup_ms > 0:
+            ms = (ms * bp.warmup_factor + bp.warmup_extra_ms if page.first_run_end is None else
+                  warm_after(ms, self.env.now - page.first_run_end, bp.warmup_after_factor, bp.warmup_ms))
+        elif bp.warmup_runs > 0:
             ms = warm_ms(ms, page.runs, bp.warmup_factor, bp.warmup_runs, bp.warmup_extra_ms)
         elif cmd.shard not in page.session_runs:
             ms = ms * bp.warmup_factor + bp.warmup_extra_ms
-        if bp.session_first_run_ms and cmd.shard not in page.session_runs:
+        if bp.session_first_run_ms and cmd.shard not in page.session_runs and page.runs >= LATE_SESSION_RUNS:
             ms += bp.session_first_run_ms
+        if self.env.now < page.post_load_until:
+            ms *= bp.post_load_factor
         ms *= self.background_factor(page.kind)
         if page.pressure:
             ms *= self.p.pressure_slowdown[page.pressure]
@@ -445,6 +454,8 @@ class SimWorld:
 
     def _job_done(self, page: Page, cmd: c.RunShard, started: float) -> None:
         page.job = page.job_run = None
+        if page.first_run_end is None:
+            page.first_run_end = self.env.now
         self._hold_tail(page, False)
         self._late_heartbeat(page)
         compute = self.env.now - started

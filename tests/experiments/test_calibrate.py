@@ -214,15 +214,16 @@ def test_fit_recovers_per_browser_load_lines_and_the_settled_page_init(tmp_path)
                                                                                          got.page_init_aged_ms)
 
 
-def _crash_relaunch_runs(db: str, prof, iterations: int = 120) -> list[str]:
+def _crash_relaunch_runs(db: str, prof, iterations: int = 120, crash_at_ms: float = 200.0,
+                         orders=(["chromium", "firefox"], ["firefox", "chromium"], ["firefox", "firefox"])) -> list[str]:
     """Crash one firefox and fail over onto the other page; the crashed browser is relaunched as a
     spare while the survivor serves (what a launch and its tail do to a page beside it)."""
     ids = []
-    for i, order in enumerate((["chromium", "firefox"], ["firefox", "chromium"], ["firefox", "firefox"])):
+    for i, order in enumerate(orders):
         crash = "firefox" if order != ["firefox", "firefox"] else "1"
         s = parse_scenario({"model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer", "browsers": order,
                             "fault_tolerance_level": "low", "recovery_strategy": "failover", "seed": i,
-                            "faults": [{"type": "browser_crash", "at_ms": 200.0, "browser": crash}],
+                            "faults": [{"type": "browser_crash", "at_ms": crash_at_ms, "browser": crash}],
                             "workload": {"kind": "iterations", "iterations": iterations, "batch_size": 1,
                                          "seq_len": 32}})
         ids.append(simulate_and_store(s, prof, db)["run_id"])
@@ -390,12 +391,12 @@ def test_launch_noise_of_early_runs_is_taken_after_their_warm_up(tmp_path):
     rate = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
     flat = dict(backends={"wasm": rate}, launch_sd_ms=0.0, compute_noise_quantiles=(1.0, 1.0),
                 launch_noise_quantiles=(1.0, 1.0), early_noise_quantiles=(1.0, 1.0), warmup_factor=3.0,
-                warmup_runs=2.0, warmup_extra_ms=0.0, session_first_run_ms=0.0)
+                warmup_ms=200.0, warmup_after_factor=2.0, warmup_extra_ms=0.0, session_first_run_ms=0.0)
     prof = dataclasses.replace(P, name="known-warm-launch", compute_cv=0.0, browsers={
         **P.browsers, "chromium": dataclasses.replace(P.browsers["chromium"], launch_ms=600.0, **flat),
         "firefox": dataclasses.replace(P.browsers["firefox"], launch_ms=1500.0, **flat)})
     db = str(tmp_path / "wl.duckdb")
-    ids = _crash_relaunch_runs(db, prof, iterations=120)
+    ids = _crash_relaunch_runs(db, prof, iterations=120, crash_at_ms=1000.0)   # a first second to fit the warm-up on
     with Store(db) as st:
         fit = calibrate(st, ids, name="wl", source="sim")
     from experiments.calibrate import extract
@@ -404,6 +405,7 @@ def test_launch_noise_of_early_runs_is_taken_after_their_warm_up(tmp_path):
     assert len(early_beside) >= 6                    # the case exists: early runs beside a launch
     ch = fit.browsers["chromium"]
     assert ch.warmup_factor == pytest.approx(3.0, rel=0.05)
+    assert ch.warmup_after_factor == pytest.approx(2.0, abs=0.1) and ch.warmup_ms == 200.0, fit.residuals["warmup.chromium"]
     q = ch.launch_noise_quantiles
     assert q and max(q) < 1.1 and min(q) > 0.9, (q, fit.residuals.get("launch_noise.chromium"))
 
@@ -441,7 +443,7 @@ def test_fit_recovers_the_cost_of_a_session_create_soon_after_the_first(tmp_path
 
 def test_early_runs_draw_their_own_noise_and_the_fit_finds_it():
     """Runs 1..STEADY_NOISE_RUNS-1 of a page, and of a session in it, draw from early_noise_quantiles
-    (measured: Chromium's tier-up makes them slower and spikier), later runs from
+    (measured: around Chromium's tier-up they are spikier), later runs from
     compute_noise_quantiles; the fit of sim-made runs gives the early set back."""
     import tempfile
     from experiments.calibrate import extract, fit_profile
@@ -449,7 +451,7 @@ def test_early_runs_draw_their_own_noise_and_the_fit_finds_it():
     from sim.profile import STEADY_NOISE_RUNS
     base = known_profile()
     prof = dataclasses.replace(base, browsers={k: dataclasses.replace(b, compute_noise_quantiles=(1.0, 1.0),
-                                                                      early_noise_quantiles=(1.5, 2.5))
+                                                                      early_noise_quantiles=(0.7, 1.4))
                                                if k in ("chromium", "firefox") else b
                                                for k, b in base.browsers.items()})
     with tempfile.TemporaryDirectory() as d:
@@ -470,6 +472,70 @@ def test_early_runs_draw_their_own_noise_and_the_fit_finds_it():
              and not s.first]
     assert min(s.session_index for r in runs for s in r.samples if s.page_index >= STEADY_NOISE_RUNS
                and not is_steady(s)) > 0
-    assert min(early) >= 1.45 * max(steady) and max(early) <= 2.55 * min(steady)
+    assert min(early) >= 0.69 * max(steady) and max(early) <= 1.41 * min(steady) and max(early) > 1.3 * max(steady)
     q = fit.browsers["chromium"].early_noise_quantiles
-    assert len(q) == 21 and q[-1] / q[0] == pytest.approx(2.5 / 1.5, rel=0.15), (q, fit.residuals["early_noise.chromium"])
+    assert len(q) == 21 and q[-1] / q[0] == pytest.approx(1.4 / 0.7, rel=0.15), (q, fit.residuals["early_noise.chromium"])
+
+
+def test_warm_up_runs_out_over_time_not_runs_and_the_fit_finds_it(tmp_path):
+    """Measured in Chromium: after a page's first run its runs are ~2x slow until its optimising WASM
+    tier is compiled, ~0.3 s later whatever their size (2 runs of a 70 ms shard, 5 of a 15 ms one). The
+    simulator slows a run by the time since its page's first run ended, so at the same run index a
+    big shard is warm and a small one is not; the fit gives the known factor and time back from both."""
+    from experiments.calibrate import extract
+    rate = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
+    warm = dict(backends={"wasm": rate}, launch_sd_ms=0.0, compute_noise_quantiles=(1.0, 1.0),
+                launch_noise_quantiles=(1.0, 1.0), early_noise_quantiles=(1.0, 1.0), warmup_factor=3.0,
+                warmup_extra_ms=20.0, warmup_ms=300.0, warmup_after_factor=2.0, session_first_run_ms=0.0)
+    prof = dataclasses.replace(P, name="known-warm-time", compute_cv=0.0, browsers={
+        **P.browsers, "chromium": dataclasses.replace(P.browsers["chromium"], **warm),
+        "firefox": dataclasses.replace(P.browsers["firefox"], **warm)})
+    db = str(tmp_path / "wt.duckdb")
+    ids = []
+    # each shape serves well past the warm-up too (the steady rates are fitted there)
+    for i, (model, seq, n) in enumerate((("all-MiniLM-L6-v2", 16, 150), ("bert-base-uncased", 64, 30),
+                                         ("all-MiniLM-L6-v2", 64, 60))):
+        for order in (["chromium", "firefox"], ["firefox", "chromium"]):
+            s = parse_scenario({"model": model, "shards": 2, "shard_type": "layer", "browsers": order, "seed": i,
+                                "workload": {"kind": "iterations", "iterations": n, "batch_size": 1, "seq_len": seq}})
+            ids.append(simulate_and_store(s, prof, db)["run_id"])
+    with Store(db) as st:
+        runs = [extract(st, r) for r in ids]
+        fit = calibrate(st, ids, name="wt", source="sim")
+    third = {}       # the third run of a page, by shard size: measured / its steady time
+    for r in runs:
+        for x in r.samples:
+            if x.page_index == 2:
+                steady = sorted(y.compute_ms for y in r.samples if y.browser == x.browser)[len(r.samples) // 4]
+                third.setdefault("big" if steady > 60 else "small", []).append(x.compute_ms / steady)
+    assert max(third["big"]) < 1.1 < 1.3 < min(third["small"]), third
+    for kind in ("chromium", "firefox"):
+        b = fit.browsers[kind]
+        assert b.warmup_ms == 300.0 and b.warmup_after_factor == pytest.approx(2.0, abs=0.1), fit.residuals[f"warmup.{kind}"]
+        assert b.warmup_factor == pytest.approx(3.0, rel=0.05) and b.warmup_extra_ms == pytest.approx(20.0, abs=3.0)
+
+
+def test_fit_tells_a_pages_slowdown_after_its_own_load_from_a_launch_beside_it(tmp_path):
+    """Measured in Chromium: for ~0.5 s after a failover load onto a page that serves, its runs take
+    ~3x, while the crashed browser relaunches beside it. Sim-made runs with that slowdown and a launch
+    that costs nothing: the fit finds the window and factor, and does not take it for launch
+    contention (which the simulator would then apply to every page beside every launch)."""
+    rate = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
+    flat = dict(backends={"wasm": rate}, launch_sd_ms=0.0, compute_noise_quantiles=(1.0, 1.0),
+                launch_noise_quantiles=(1.0, 1.0), early_noise_quantiles=(1.0, 1.0))
+    prof = dataclasses.replace(P, name="known-post-load", compute_cv=0.0, cpu_bound_startup=True, browsers={
+        **P.browsers, "chromium": dataclasses.replace(P.browsers["chromium"], launch_ms=600.0, post_load_ms=500.0,
+                                                      post_load_factor=3.0, **flat),
+        "firefox": dataclasses.replace(P.browsers["firefox"], launch_ms=2500.0, **flat)})
+    db = str(tmp_path / "pl.duckdb")
+    # the Chromium page serves alone, then takes the crashed Firefox's shard while Firefox relaunches
+    ids = _crash_relaunch_runs(db, prof, iterations=160, crash_at_ms=1500.0,
+                               orders=(["chromium", "firefox"], ["firefox", "chromium"]))
+    with Store(db) as st:
+        from experiments.calibrate import extract, fit_profile
+        fit = fit_profile([extract(st, r) for r in ids], P, main_thread=True)
+    ch, res = fit.browsers["chromium"], fit.residuals["post_load.chromium"]
+    assert ch.post_load_ms == 500.0 and ch.post_load_factor == pytest.approx(3.0, rel=0.05), res
+    assert fit.browsers["firefox"].post_load_ms == 0.0, fit.residuals["post_load.firefox"]
+    ff = fit.browsers["firefox"]
+    assert ff.launch_threads < 1.2, fit.residuals.get("launch_cpu.firefox")
