@@ -468,13 +468,14 @@ POST_LOAD_MIN_FACTOR = 1.15     # a smaller slowdown is left to the noise tables
 
 
 def fit_post_load(samples: list[Sample], predicted) -> tuple[float, float, dict[str, Any]]:
-    """(post_load_ms, post_load_factor) of one kind: its warm runs of old sessions (past
-    STEADY_NOISE_RUNS) that start within 1.5 s after their own page's later session create, against
-    the steady fit. Grid over the window; factor = the median ratio inside it. (0, 1) when fewer than
-    8 runs fall inside or they are not POST_LOAD_MIN_FACTOR slow."""
+    """(post_load_ms, post_load_factor) of one kind: the runs (but a session's first) of pages past
+    STEADY_NOISE_RUNS runs that start within 1.5 s after their own page's later session create, old
+    session or new (measured alike: 3.4-3.6x and 2.7-3.2x in the first 500 ms), against the steady
+    fit. Grid over the window; factor = the median ratio inside it. (0, 1) when fewer than 8 runs
+    fall inside or they are not POST_LOAD_MIN_FACTOR slow."""
     xs = [(s.since_own_load, s.compute_ms / predicted(s)) for s in samples
           if s.since_own_load is not None and 0.0 <= s.since_own_load < 1500.0 and not s.first
-          and s.session_index >= STEADY_NOISE_RUNS and s.concurrent == 1]
+          and s.page_index >= STEADY_NOISE_RUNS and s.concurrent == 1]
     best = None
     for w in POST_LOAD_WINDOWS:
         inside = [r for t, r in xs if t < w]
@@ -800,11 +801,20 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
              for (k, mb, ms, first), n, age, since in zip(r.loads, r.load_overlap, r.load_age or [0.0] * len(r.loads),
                                                           r.load_since or [None] * len(r.loads))]
     load_lines, pooled_load, residuals["load"] = fit_loads(loads, base.link_latency_ms)
-    launch_cpu, launch_weights, launch_res = fit_launch_cpu(runs_q, predicted, weight, cores, fitted_rates)
+    def with_warmup(s: Sample) -> float:
+        """The prediction with the warm-up the simulator applies to the run (its page's first, or
+        since that one ended): pages beside a launch or in the noise windows may be warming up."""
+        w = warm.get(s.kind)
+        if w is None:
+            return predicted(s)
+        if s.since_first_run is None:
+            return predicted(s) * w[0] + w[1]
+        return warm_after(predicted(s), s.since_first_run, w[2], w[3])
+    launch_cpu, launch_weights, launch_res = fit_launch_cpu(runs_q, with_warmup, weight, cores, fitted_rates)
     residuals.update(launch_res)
     if main_thread:
         weight.update(launch_weights)    # identified by launches (the background-load grid rarely is)
-    launch_tail, tail_res = fit_launch_tail(runs_q, predicted, weight, cores, fitted_rates)
+    launch_tail, tail_res = fit_launch_tail(runs_q, with_warmup, weight, cores, fitted_rates)
     residuals.update(tail_res)
     launch_model = {k: (*(launch_cpu.get(k) or (bp.launch_threads, bp.launch_cpu_fraction)),
                         float(np.median([ms for r in runs for kk, ms in r.launches if kk == k] or [bp.launch_ms])))
@@ -846,15 +856,6 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
             ch["launch_threads"], ch["launch_cpu_fraction"] = launch_cpu[kind]
         if main_thread and kind in launch_tail:
             ch["launch_tail_ms"], ch["launch_tail_threads"] = launch_tail[kind]
-        def with_warmup(s: Sample, w=warm.get(kind)) -> float:
-            """The prediction with the warm-up the simulator applies to the run (its page's first, or
-            since that one ended): early runs beside a launch (all pages' first runs follow their
-            loads) carry it too."""
-            if w is None:
-                return predicted(s)
-            if s.since_first_run is None:
-                return predicted(s) * w[0] + w[1]
-            return warm_after(predicted(s), s.since_first_run, w[2], w[3])
         if any(k == kind for k, _ in fitted_rates):
             q, residuals[f"noise.{kind}"] = noise_quantiles([s for s in samples_q if s.kind == kind
                                                              and (s.kind, s.backend) in fitted_rates], predicted)
