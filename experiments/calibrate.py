@@ -767,7 +767,7 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
                                                                     max(float(np.median(np.abs(R_))) * 0.2, 1.0)))
                 extra, factor = A, 1.0 + B
             after = [(s.since_first_run, s.compute_ms / predicted(s)) for s in ours
-                     if not s.first and s.since_first_run is not None]
+                     if not s.first and s.since_first_run is not None and post(s) == 1.0]
             after_f, tau = fit_warmup_time(after)
             warm[kind] = (factor, extra, after_f, tau)
             residuals[f"warmup.{kind}"] = {
