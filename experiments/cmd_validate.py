@@ -81,6 +81,12 @@ COLLECT_SUITE = (
     {"name": "cal: minilm 2 layer crash + restart", "model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer",
      "browsers": ["chromium", "firefox"], "fault_tolerance_level": "low", "workload": _IT(40, 32),
      "faults": [{"type": "browser_crash", "at_ms": 300.0, "browser": "firefox"}]},
+    # Two Firefox pages, one crashes: its two small shards fail over onto the other, serving page (two
+    # later loads onto a page that has served: measured 20-60 ms over the load line in Firefox).
+    {"name": "cal: minilm 4 layer on two firefox pages, crash + failover onto the serving one",
+     "model": "all-MiniLM-L6-v2", "shards": 4, "shard_type": "layer", "browsers": ["firefox", "firefox"],
+     "fault_tolerance_level": "low", "recovery_strategy": "failover", "workload": _IT(80, 32),
+     "faults": [{"type": "browser_crash", "at_ms": 1000.0, "browser": "1"}]},
     # More shards than browsers: each page creates a second session (a warm load, no runtime init),
     # two shard sizes per page kind, so the fit separates the page's first-session cost from per-MB cost.
     {"name": "cal: minilm 4 layer on 2 browsers (second sessions)", "model": "all-MiniLM-L6-v2", "shards": 4,
@@ -375,7 +381,8 @@ def _load_line(bp) -> str:
     if bp.load_ms is not None and bp.load_ms_per_mb is not None:
         settle = (f" (+{bp.settle_load_ms:.0f} ms x exp(-t/{bp.settle_ms:.0f} ms) after the page's first)"
                   if bp.settle_load_ms else "")
-        return f"{bp.load_ms:.0f} ms + {bp.load_ms_per_mb:.2f} ms/MB{settle}"
+        served = f" (+{bp.served_load_ms:.0f} ms onto a page that has served)" if bp.served_load_ms else ""
+        return f"{bp.load_ms:.0f} ms + {bp.load_ms_per_mb:.2f} ms/MB{settle}{served}"
     return f"x{bp.load_scale:.2f} of the pooled line"
 
 

@@ -539,3 +539,33 @@ def test_fit_tells_a_pages_slowdown_after_its_own_load_from_a_launch_beside_it(t
     assert fit.browsers["firefox"].post_load_ms == 0.0, fit.residuals["post_load.firefox"]
     ff = fit.browsers["firefox"]
     assert ff.launch_threads < 1.2, fit.residuals.get("launch_cpu.firefox")
+
+
+def test_fit_recovers_the_extra_cost_of_a_load_onto_a_page_that_has_served(tmp_path):
+    """Measured in Firefox: a failover onto a serving page costs 20-60 ms over the load line, in every
+    collect, while back-to-back loads on a page that has not run follow it. Sim-made failovers onto
+    serving pages with a known extra (Firefox 50 ms; Chromium none): the fit gives it back."""
+    rate = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
+    known = dict(backends={"wasm": rate}, launch_sd_ms=0.0, compute_noise_quantiles=(1.0, 1.0))
+    prof = dataclasses.replace(P, name="known-served", compute_cv=0.0, browsers={
+        **P.browsers,
+        "chromium": dataclasses.replace(P.browsers["chromium"], launch_ms=600.0, load_ms=20.0, load_ms_per_mb=6.0,
+                                        page_init_ms=800.0, **known),
+        "firefox": dataclasses.replace(P.browsers["firefox"], launch_ms=1500.0, load_ms=15.0, load_ms_per_mb=5.0,
+                                       page_init_ms=1200.0, served_load_ms=50.0, **known)})
+    db = str(tmp_path / "served.duckdb")
+    ids = _crash_relaunch_runs(db, prof, iterations=160, crash_at_ms=1500.0)
+    specs = [{"shards": 4, "browsers": ["firefox", "firefox"], "fault_tolerance_level": "low",
+              "recovery_strategy": "failover", "faults": [{"type": "browser_crash", "at_ms": 500.0, "browser": "1"}]}]
+    # back-to-back loads on pages that have not run yet (they tell the line apart from the extra)
+    specs += [{"shards": n, "browsers": [kind]} for kind in ("chromium", "firefox") for n in (3, 4)]
+    for i, spec in enumerate(specs):
+        s = parse_scenario({"model": "all-MiniLM-L6-v2", "shard_type": "layer", "seed": 10 + i, **spec,
+                            "workload": {"kind": "iterations", "iterations": 40, "batch_size": 1, "seq_len": 32}})
+        ids.append(simulate_and_store(s, prof, db)["run_id"])
+    with Store(db) as st:
+        fit = calibrate(st, ids, name="served", source="sim")
+    res = fit.residuals["load"]["served"]
+    assert res["firefox"]["n"] >= 3
+    assert fit.browsers["firefox"].served_load_ms == pytest.approx(50.0, abs=5.0), (res, fit.residuals["load"]["firefox"])
+    assert fit.browsers["chromium"].served_load_ms < 5.0, res
