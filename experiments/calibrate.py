@@ -37,7 +37,7 @@ from events.store import Store
 from models.partition import make_plan
 from shardtwin.errors import InputError
 from sim.profile import (AGED_PAGE_MS, DEFAULT_PROFILE, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS,
-                         WARM_NOISE_WINDOW_MS, BackendRate, Profile, background_factor, warm_after)
+                         WARM_NOISE_WINDOW_MS, BackendRate, Profile, background_factor, warm_time)
 
 CLASSES = ("matmul", "attention", "elementwise", "conv")
 RATE_FIELD = {"matmul": "matmul_gflops", "attention": "attention_gflops", "elementwise": "elementwise_gflops",
@@ -837,11 +837,7 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
         """The prediction with the warm-up the simulator applies to the run (its page's first, or
         since that one ended): pages beside a launch or in the noise windows may be warming up."""
         w = warm.get(s.kind)
-        if w is None:
-            return predicted(s)
-        if s.since_first_run is None:
-            return predicted(s) * w[0] + w[1]
-        return warm_after(predicted(s), s.since_first_run, w[2], w[3])
+        return predicted(s) if w is None else warm_time(predicted(s), s.since_first_run, *w)
     launch_cpu, launch_weights, launch_res = fit_launch_cpu(runs_q, with_warmup, weight, cores, fitted_rates)
     residuals.update(launch_res)
     if main_thread:

@@ -47,14 +47,13 @@ class RealRun:
 def run_real(s: Scenario, run_id: str | None = None, headed: bool = False, launcher: str = "auto",
              timeout_s: float = 600.0, on_log=None, on_coordinator=None,
              history_speed: dict | None = None, on_server=None, remote: RemoteOptions | None = None,
-             *, profile: PlacementProfile, texts: tuple[str, ...] | None = None,
-             placement: dict | None = None) -> RealRun:
+             *, profile: PlacementProfile, texts: tuple[str, ...] | None = None) -> RealRun:
     """`profile`: whose compute rates and memory budget configure placement, exactly as the
     simulator configures its coordinator under that profile. `texts`: the sentences the requests
     carry (default: real.shards.SENTENCES)."""
     plan = make_plan(s.model, s.shards, s.shard_type, batch_size=s.workload.batch_size, seq_len=s.workload.seq_len)
     shards = prepare_shards(plan, seed=s.seed, texts=texts)
-    coord = Coordinator(config_for_profile(s, plan, profile, history_speed, placement))
+    coord = Coordinator(config_for_profile(s, plan, profile, history_speed))
     coord._commit(RunStarted(0.0, engine="real"))
     if on_coordinator is not None:
         on_coordinator(coord)   # read-only access for observers (tests, progress)

@@ -184,10 +184,14 @@ def warm_ms(ms: float, runs: float, factor: float, tau: float, extra_ms: float) 
     return ms * (1.0 + (factor - 1.0) * d) + extra_ms * d
 
 
-def warm_after(ms: float, since_ms: float, factor: float, tau_ms: float) -> float:
-    """A page's run `since_ms` after its first run ended under the time warm-up (warmup_ms = tau_ms > 0).
-    Shared by the simulator and the fits of the noise around it."""
-    return ms * (1.0 + (factor - 1.0) * math.exp(-max(since_ms, 0.0) / tau_ms))
+def warm_time(ms: float, since_first_run_ms: float | None, factor: float, extra_ms: float, after_factor: float,
+              tau_ms: float) -> float:
+    """A run of steady time `ms` under the time warm-up (warmup_ms = tau_ms > 0): the page's first run
+    (since_first_run_ms None) takes ms * factor + extra_ms, a run t ms after it ended
+    ms * (1 + (after_factor - 1) * exp(-t / tau_ms)). Shared by the simulator and the fits around it."""
+    if since_first_run_ms is None:
+        return ms * factor + extra_ms
+    return ms * (1.0 + (after_factor - 1.0) * math.exp(-max(since_first_run_ms, 0.0) / tau_ms))
 
 
 def background_factor(host_cores: float, weight: float, background: float) -> float:

@@ -31,7 +31,7 @@ from models.partition import ShardPlan
 from sim.calls import Draws, call_later
 from sim.host import Host
 from sim.profile import (AGED_PAGE_MS, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS,
-                         WARM_NOISE_WINDOW_MS, Profile, background_factor, warm_after, warm_ms)
+                         WARM_NOISE_WINDOW_MS, Profile, background_factor, warm_ms, warm_time)
 
 STREAMS = ("launch", "heartbeat", "compute", "mtbf", "hop")
 
@@ -389,8 +389,8 @@ class SimWorld:
         ms = ms * page.slow + rate.run_overhead_ms + rate.readback_ms
         bp = self.p.browsers[page.kind]
         if bp.warmup_ms > 0:
-            ms = (ms * bp.warmup_factor + bp.warmup_extra_ms if page.first_run_end is None else
-                  warm_after(ms, self.env.now - page.first_run_end, bp.warmup_after_factor, bp.warmup_ms))
+            since = None if page.first_run_end is None else self.env.now - page.first_run_end
+            ms = warm_time(ms, since, bp.warmup_factor, bp.warmup_extra_ms, bp.warmup_after_factor, bp.warmup_ms)
         elif bp.warmup_runs > 0:
             ms = warm_ms(ms, page.runs, bp.warmup_factor, bp.warmup_runs, bp.warmup_extra_ms)
         elif cmd.shard not in page.session_runs:
