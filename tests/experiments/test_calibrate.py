@@ -39,6 +39,21 @@ def known_profile(**top):
                                 launch_sd_ms=0.0)})
 
 
+FLAT_RATE = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
+
+
+def two_kinds(name: str, shared: dict | None = None, *, chromium: dict | None = None, firefox: dict | None = None,
+              **top):
+    """The default profile with a known Chromium and Firefox: both on FLAT_RATE, launches without
+    jitter, `shared` set on both, then each kind's own fields; `top`: profile-level fields."""
+    def br(kind: str, own: dict | None):
+        return dataclasses.replace(P.browsers[kind], backends={"wasm": FLAT_RATE}, launch_sd_ms=0.0,
+                                   **{**(shared or {}), **(own or {})})
+    return dataclasses.replace(P, name=name, compute_cv=0.0, **top,
+                               browsers={**P.browsers, "chromium": br("chromium", chromium),
+                                         "firefox": br("firefox", firefox)})
+
+
 def sim_runs(db: str, profile, backgrounds=(0.0,)) -> list[str]:
     ids = []
     for bg in backgrounds:
@@ -233,14 +248,8 @@ def _crash_relaunch_runs(db: str, prof, iterations: int = 120, crash_at_ms: floa
 def test_fit_recovers_a_launch_burst_and_page_weights(tmp_path):
     """A Firefox launch that burns 1.8 cores over its first 60% slows a Chromium page (weight 0.5) beside
     it far more than a Firefox page (weight 1): the fit finds the burst and tells the weights apart."""
-    rate = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
-    prof = dataclasses.replace(P, name="known-launch", compute_cv=0.0, cpu_bound_startup=True, browsers={
-        **P.browsers,
-        "chromium": dataclasses.replace(P.browsers["chromium"], backends={"wasm": rate}, cpu_weight=0.5,
-                                        launch_ms=600.0, launch_sd_ms=0.0),
-        "firefox": dataclasses.replace(P.browsers["firefox"], backends={"wasm": rate}, cpu_weight=1.0,
-                                       launch_ms=2500.0, launch_sd_ms=0.0, launch_threads=1.8,
-                                       launch_cpu_fraction=0.6)})
+    prof = two_kinds("known-launch", cpu_bound_startup=True, chromium=dict(cpu_weight=0.5, launch_ms=600.0),
+                     firefox=dict(cpu_weight=1.0, launch_ms=2500.0, launch_threads=1.8, launch_cpu_fraction=0.6))
     db = str(tmp_path / "launch.duckdb")
     ids = _crash_relaunch_runs(db, prof, iterations=120)
     with Store(db) as st:
@@ -255,13 +264,8 @@ def test_fit_recovers_a_launch_burst_and_page_weights(tmp_path):
 def test_fit_recovers_the_work_a_browser_does_after_it_said_hello(tmp_path):
     """Firefox keeps 1.6 cores busy for 750 ms after BROWSER_READY: pages beside it run slower then and
     not later; the fit finds the tail's length and threads from those pages' runs."""
-    rate = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
-    prof = dataclasses.replace(P, name="known-tail", compute_cv=0.0, cpu_bound_startup=True, browsers={
-        **P.browsers,
-        "chromium": dataclasses.replace(P.browsers["chromium"], backends={"wasm": rate}, launch_ms=600.0,
-                                        launch_sd_ms=0.0),
-        "firefox": dataclasses.replace(P.browsers["firefox"], backends={"wasm": rate}, launch_ms=1500.0,
-                                       launch_sd_ms=0.0, launch_tail_ms=750.0, launch_tail_threads=1.6)})
+    prof = two_kinds("known-tail", cpu_bound_startup=True, chromium=dict(launch_ms=600.0),
+                     firefox=dict(launch_ms=1500.0, launch_tail_ms=750.0, launch_tail_threads=1.6))
     db = str(tmp_path / "tail.duckdb")
     ids = _crash_relaunch_runs(db, prof, iterations=160)
     with Store(db) as st:
@@ -331,15 +335,8 @@ def test_launch_noise_is_fitted_relative_to_the_launch_model():
 def test_sim_draws_launch_noise_only_beside_a_launch(tmp_path):
     """The simulator multiplies a run by launch_noise_quantiles when it starts while another browser
     launches or within LAUNCH_NOISE_WINDOW_MS after, by compute_noise_quantiles otherwise."""
-    rate = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
-    prof = dataclasses.replace(P, name="known-lnoise", compute_cv=0.0, browsers={
-        **P.browsers,
-        "chromium": dataclasses.replace(P.browsers["chromium"], backends={"wasm": rate}, launch_ms=600.0,
-                                        launch_sd_ms=0.0, compute_noise_quantiles=(1.0, 1.0),
-                                        launch_noise_quantiles=(3.0, 3.0)),
-        "firefox": dataclasses.replace(P.browsers["firefox"], backends={"wasm": rate}, launch_ms=1500.0,
-                                       launch_sd_ms=0.0, compute_noise_quantiles=(1.0, 1.0),
-                                       launch_noise_quantiles=(3.0, 3.0))})
+    prof = two_kinds("known-lnoise", dict(compute_noise_quantiles=(1.0, 1.0), launch_noise_quantiles=(3.0, 3.0)),
+                     chromium=dict(launch_ms=600.0), firefox=dict(launch_ms=1500.0))
     db = str(tmp_path / "lnoise.duckdb")
     ids = _crash_relaunch_runs(db, prof, iterations=160)
     from experiments.calibrate import extract
@@ -357,15 +354,12 @@ def test_sim_and_fit_count_the_second_after_a_pages_first_load_as_beside_startup
     and the fit's extract puts the same runs in the launch set (not the steady one)."""
     from experiments.calibrate import extract
     from sim.profile import WARM_NOISE_WINDOW_MS
-    rate = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
-    fast = dict(backends={"wasm": rate}, launch_sd_ms=0.0, compute_noise_quantiles=(1.0, 1.0),
-                launch_noise_quantiles=(3.0, 3.0), warmup_factor=1.0, warmup_extra_ms=0.0, session_first_run_ms=0.0)
-    prof = dataclasses.replace(P, name="known-warm", compute_cv=0.0, browsers={
-        **P.browsers,
-        "chromium": dataclasses.replace(P.browsers["chromium"], launch_ms=300.0, **fast),
-        # Firefox's page comes up late and loads long after Chromium's page serves: its launch
-        # window and tail end before its first load does
-        "firefox": dataclasses.replace(P.browsers["firefox"], launch_ms=600.0, page_init_ms=3000.0, **fast)})
+    fast = dict(compute_noise_quantiles=(1.0, 1.0), launch_noise_quantiles=(3.0, 3.0), warmup_factor=1.0,
+                warmup_extra_ms=0.0, session_first_run_ms=0.0)
+    # Firefox's page comes up late and loads long after Chromium's page serves: its launch window and
+    # tail end before its first load does
+    prof = two_kinds("known-warm", fast, chromium=dict(launch_ms=300.0),
+                     firefox=dict(launch_ms=600.0, page_init_ms=3000.0))
     db = str(tmp_path / "warm.duckdb")
     s = parse_scenario({"model": "all-MiniLM-L6-v2", "shards": 2, "shard_type": "layer",
                         "browsers": ["chromium", "firefox"], "seed": 1,
@@ -388,13 +382,10 @@ def test_launch_noise_of_early_runs_is_taken_after_their_warm_up(tmp_path):
     """A page's first runs follow its load, so many are beside another page's launch or first load:
     the simulator gives them the warm-up and the launch noise, so the fit must divide the warm-up out
     before taking the launch noise (else early runs are slowed twice: simulated p95 40-50% heavy)."""
-    rate = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
-    flat = dict(backends={"wasm": rate}, launch_sd_ms=0.0, compute_noise_quantiles=(1.0, 1.0),
-                launch_noise_quantiles=(1.0, 1.0), early_noise_quantiles=(1.0, 1.0), warmup_factor=3.0,
-                warmup_ms=200.0, warmup_after_factor=2.0, warmup_extra_ms=0.0, session_first_run_ms=0.0)
-    prof = dataclasses.replace(P, name="known-warm-launch", compute_cv=0.0, browsers={
-        **P.browsers, "chromium": dataclasses.replace(P.browsers["chromium"], launch_ms=600.0, **flat),
-        "firefox": dataclasses.replace(P.browsers["firefox"], launch_ms=1500.0, **flat)})
+    flat = dict(compute_noise_quantiles=(1.0, 1.0), launch_noise_quantiles=(1.0, 1.0), early_noise_quantiles=(1.0, 1.0),
+                warmup_factor=3.0, warmup_ms=200.0, warmup_after_factor=2.0, warmup_extra_ms=0.0,
+                session_first_run_ms=0.0)
+    prof = two_kinds("known-warm-launch", flat, chromium=dict(launch_ms=600.0), firefox=dict(launch_ms=1500.0))
     db = str(tmp_path / "wl.duckdb")
     ids = _crash_relaunch_runs(db, prof, iterations=120, crash_at_ms=1000.0)   # a first second to fit the warm-up on
     with Store(db) as st:
@@ -483,13 +474,9 @@ def test_warm_up_runs_out_over_time_not_runs_and_the_fit_finds_it(tmp_path):
     simulator slows a run by the time since its page's first run ended, so at the same run index a
     big shard is warm and a small one is not; the fit gives the known factor and time back from both."""
     from experiments.calibrate import extract
-    rate = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
-    warm = dict(backends={"wasm": rate}, launch_sd_ms=0.0, compute_noise_quantiles=(1.0, 1.0),
-                launch_noise_quantiles=(1.0, 1.0), early_noise_quantiles=(1.0, 1.0), warmup_factor=3.0,
-                warmup_extra_ms=20.0, warmup_ms=300.0, warmup_after_factor=2.0, session_first_run_ms=0.0)
-    prof = dataclasses.replace(P, name="known-warm-time", compute_cv=0.0, browsers={
-        **P.browsers, "chromium": dataclasses.replace(P.browsers["chromium"], **warm),
-        "firefox": dataclasses.replace(P.browsers["firefox"], **warm)})
+    prof = two_kinds("known-warm-time", dict(compute_noise_quantiles=(1.0, 1.0), launch_noise_quantiles=(1.0, 1.0),
+                                             early_noise_quantiles=(1.0, 1.0), warmup_factor=3.0, warmup_extra_ms=20.0,
+                                             warmup_ms=300.0, warmup_after_factor=2.0, session_first_run_ms=0.0))
     db = str(tmp_path / "wt.duckdb")
     ids = []
     # each shape serves well past the warm-up too (the steady rates are fitted there)
@@ -520,13 +507,10 @@ def test_fit_tells_a_pages_slowdown_after_its_own_load_from_a_launch_beside_it(t
     ~3x, while the crashed browser relaunches beside it. Sim-made runs with that slowdown and a launch
     that costs nothing: the fit finds the window and factor, and does not take it for launch
     contention (which the simulator would then apply to every page beside every launch)."""
-    rate = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
-    flat = dict(backends={"wasm": rate}, launch_sd_ms=0.0, compute_noise_quantiles=(1.0, 1.0),
-                launch_noise_quantiles=(1.0, 1.0), early_noise_quantiles=(1.0, 1.0))
-    prof = dataclasses.replace(P, name="known-post-load", compute_cv=0.0, cpu_bound_startup=True, browsers={
-        **P.browsers, "chromium": dataclasses.replace(P.browsers["chromium"], launch_ms=600.0, post_load_ms=500.0,
-                                                      post_load_factor=3.0, **flat),
-        "firefox": dataclasses.replace(P.browsers["firefox"], launch_ms=2500.0, **flat)})
+    prof = two_kinds("known-post-load", dict(compute_noise_quantiles=(1.0, 1.0), launch_noise_quantiles=(1.0, 1.0),
+                                             early_noise_quantiles=(1.0, 1.0)), cpu_bound_startup=True,
+                     chromium=dict(launch_ms=600.0, post_load_ms=500.0, post_load_factor=3.0),
+                     firefox=dict(launch_ms=2500.0))
     db = str(tmp_path / "pl.duckdb")
     # the Chromium page serves alone, then takes the crashed Firefox's shard while Firefox relaunches
     ids = _crash_relaunch_runs(db, prof, iterations=160, crash_at_ms=1500.0,
@@ -545,14 +529,10 @@ def test_fit_recovers_the_extra_cost_of_a_load_onto_a_page_that_has_served(tmp_p
     """Measured in Firefox: a failover onto a serving page costs 20-60 ms over the load line, in every
     collect, while back-to-back loads on a page that has not run follow it. Sim-made failovers onto
     serving pages with a known extra (Firefox 50 ms; Chromium none): the fit gives it back."""
-    rate = BackendRate(20.0, 6.0, 2.0, 10.0, threads=1.0, run_overhead_ms=1.0)
-    known = dict(backends={"wasm": rate}, launch_sd_ms=0.0, compute_noise_quantiles=(1.0, 1.0))
-    prof = dataclasses.replace(P, name="known-served", compute_cv=0.0, browsers={
-        **P.browsers,
-        "chromium": dataclasses.replace(P.browsers["chromium"], launch_ms=600.0, load_ms=20.0, load_ms_per_mb=6.0,
-                                        page_init_ms=800.0, **known),
-        "firefox": dataclasses.replace(P.browsers["firefox"], launch_ms=1500.0, load_ms=15.0, load_ms_per_mb=5.0,
-                                       page_init_ms=1200.0, served_load_ms=50.0, **known)})
+    prof = two_kinds("known-served", dict(compute_noise_quantiles=(1.0, 1.0)),
+                     chromium=dict(launch_ms=600.0, load_ms=20.0, load_ms_per_mb=6.0, page_init_ms=800.0),
+                     firefox=dict(launch_ms=1500.0, load_ms=15.0, load_ms_per_mb=5.0, page_init_ms=1200.0,
+                                  served_load_ms=50.0))
     db = str(tmp_path / "served.duckdb")
     ids = _crash_relaunch_runs(db, prof, iterations=160, crash_at_ms=1500.0)
     specs = [{"shards": 4, "browsers": ["firefox", "firefox"], "fault_tolerance_level": "low",
