@@ -167,7 +167,9 @@ class ShardLoaded(Record):
     VALUE = "load_ms"
     shard: int = 0
     browser: str = ""
-    load_ms: float = 0.0
+    load_ms: float = 0.0               # asked to loaded, coordinator clock
+    fetch_ms: float | None = None      # the page's own split (page clock; real runs only): weight fetch
+    create_ms: float | None = None     # ... and session create
 
 
 @dataclass(frozen=True, slots=True)

@@ -379,7 +379,8 @@ class RealDriver:
         if ok.backend_used != ok.backend_requested:
             self.observe(r.BackendFallback(self.now(), browser=cmd.browser, wanted=ok.backend_requested,
                                            got=ok.backend_used, reason=ok.fallback_reason or ""))
-        self.observe(r.ShardLoaded(self.now(), shard=cmd.shard, browser=cmd.browser, load_ms=self.now() - t))
+        self.observe(r.ShardLoaded(self.now(), shard=cmd.shard, browser=cmd.browser, load_ms=self.now() - t,
+                                   fetch_ms=ok.fetch_ms, create_ms=ok.create_ms))
 
     async def _run_shard(self, cmd: c.RunShard) -> None:
         st = self.browsers.get(cmd.browser)

@@ -75,6 +75,12 @@ def test_browser_crash_is_recovered_and_outputs_stay_correct():
     assert run.aborted is None
     _recovered(run, cause="exited", action="failover")
     _assert_all_completed_and_correct(run)
+    # every load (the failover's too) carries the page's own split: weight fetch + session create,
+    # on the page clock, inside the coordinator's asked-to-loaded time
+    loads = [e.details() | {"load_ms": e.value} for e in run.log.events if e.kind == K.SHARD_LOADED]
+    assert len(loads) >= 3, loads
+    assert all(d["fetch_ms"] > 0 and d["create_ms"] > 0 and d["fetch_ms"] + d["create_ms"] <= d["load_ms"] + 1.0
+               for d in loads), loads
     assert not browsers.leftover_browser_pids()
 
 
