@@ -36,8 +36,8 @@ from coordinator.settings import resolve
 from events.store import Store
 from models.partition import make_plan
 from shardtwin.errors import InputError
-from sim.profile import (AGED_PAGE_MS, DEFAULT_PROFILE, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS,
-                         WARM_NOISE_WINDOW_MS, BackendRate, Profile, background_factor, warm_time)
+from sim.profile import (AGED_PAGE_MS, DEFAULT_PROFILE, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS, SERVED_IDLE_MS,
+                         STEADY_NOISE_RUNS, WARM_NOISE_WINDOW_MS, BackendRate, Profile, background_factor, warm_time)
 
 CLASSES = ("matmul", "attention", "elementwise", "conv")
 RATE_FIELD = {"matmul": "matmul_gflops", "attention": "attention_gflops", "elementwise": "elementwise_gflops",
@@ -101,7 +101,8 @@ class RunData:
     loads: list[tuple[str, float, float, bool]] = field(default_factory=list)  # (kind, MB, ms, first in page)
     load_age: list[float] = field(default_factory=list)       # ms the page had been ready when each load began
     load_since: list[float | None] = field(default_factory=list)   # ms since the page's first load ended (None: first)
-    load_served: list[bool] = field(default_factory=list)     # the page had run shards before each load
+    load_quiet: list[bool] = field(default_factory=list)      # no other browser launched (or worked after it) meanwhile
+    load_served: list[bool] = field(default_factory=list)     # the page was serving (a run < SERVED_IDLE_MS before)
     launches: list[tuple[str, float]] = field(default_factory=list)
     load_overlap: list[int] = field(default_factory=list)     # startup jobs overlapping each load, it included
     launch_overlap: list[int] = field(default_factory=list)
@@ -147,6 +148,7 @@ def extract(store: Store, run_id: str) -> RunData:
     first_end: dict[str, float] = {}             # when each page's first session create ended
     later_end: dict[str, float] = {}             # ... its latest session create after it had run
     first_run_end: dict[str, float] = {}         # ... its first shard run ended
+    last_run_end: dict[str, float] = {}          # ... its latest shard run ended
     faults: list[tuple[str, float]] = []
     for e in ev:
         k, b, t = e["kind"], e["browser"], e["t_ms"]
@@ -176,6 +178,7 @@ def extract(store: Store, run_id: str) -> RunData:
                 since_own_load=(t - float(e["value"]) - later_end[b]) if b in later_end else None,
                 since_first_run=(t - float(e["value"]) - first_run_end[b]) if b in first_run_end else None))
             first_run_end.setdefault(b, t)
+            last_run_end[b] = t
         elif k == "shard_load_started":
             loading[(b, e["shard"])] = t
         elif k == "shard_loaded":
@@ -194,7 +197,7 @@ def extract(store: Store, run_id: str) -> RunData:
                                    float(e["value"]) - (t0 - asked), sessions.get(b, 0) == 0))
                 data.load_age.append(t0 - ready_at.get(b, t0))
                 data.load_since.append(None if b not in first_end else t0 - first_end[b])
-                data.load_served.append(runs_in_page.get(b, 0) > 0)
+                data.load_served.append(b in last_run_end and t0 - last_run_end[b] < SERVED_IDLE_MS)
                 if b not in first_end:
                     windows.append((b, t, t + WARM_NOISE_WINDOW_MS, "warm"))
                 elif runs_in_page.get(b, 0) > 0:
@@ -214,6 +217,7 @@ def extract(store: Store, run_id: str) -> RunData:
             first_end.pop(b, None)
             later_end.pop(b, None)
             first_run_end.pop(b, None)
+            last_run_end.pop(b, None)
             free.pop(b, None)
             ready_at[b] = t
         if k == "fault_injected" and b and json.loads(e["detail"] or "{}").get("fault") == "browser_crash":
@@ -238,6 +242,9 @@ def extract(store: Store, run_id: str) -> RunData:
                 dur = max(t1 - t0, 1e-6)
                 out.append(1 + sum(1 for o in busy if o[0] != b and o[3] != "run"
                                    and min(t1, o[2]) - max(t0, o[1]) >= 0.5 * dur))
+                if what == "load":   # no other browser launching or working after its launch meanwhile
+                    data.load_quiet.append(not any(o != b and ww in ("launch", "launching", "tail")
+                                                   and min(t1, o1) > max(t0, o0) for o, o0, o1, ww in windows))
     from experiments.timeouts import classify_gaps
     gaps = classify_gaps(ev)
     data.gaps = [("", g - interval) for g in gaps["idle"]]
@@ -823,7 +830,10 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
     loads = [(k, mb, alone(ms, n), first, n, age, since) for r in runs
              for (k, mb, ms, first), n, age, since in zip(r.loads, r.load_overlap, r.load_age or [0.0] * len(r.loads),
                                                           r.load_since or [None] * len(r.loads))]
-    served = [sv for r in runs for sv in (r.load_served or [False] * len(r.loads))]
+    # the extra of loads onto serving pages from those with no launch beside them (a relaunch and its
+    # tail beside one made a 69 MB Firefox load 929 ms against 404-470 without)
+    served = [sv and q for r in runs for sv, q in zip(r.load_served or [False] * len(r.loads),
+                                                      r.load_quiet or [True] * len(r.loads))]
     # the line and the extra of loads onto serving pages together (backfitting: the line is fitted with
     # those loads less their extra, the extra against that line; a few passes settle it)
     served_load: dict[str, dict[str, Any]] = {}

@@ -41,6 +41,10 @@ STEADY_NOISE_RUNS = 8
 # A new session's first run in a page past this many runs costs session_first_run_ms more; a younger
 # page's first runs are the warm-up's (fitted on them, so both would count the same cost twice).
 LATE_SESSION_RUNS = 4
+# served_load_ms applies to a load onto a page whose last shard run ended less than this before (a
+# page serving requests); a standby that ran one warm-up run and idled for seconds is another case
+# (measured in Firefox: 929 ms for 69 MB, 4 s after its one run, against 404-470 on serving pages).
+SERVED_IDLE_MS = 1000.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from events.schema import Event, EventKind
 from models.partition import ShardPlan
 from sim.calls import Draws, call_later
 from sim.host import Host
-from sim.profile import (AGED_PAGE_MS, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS, STEADY_NOISE_RUNS,
+from sim.profile import (AGED_PAGE_MS, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS, SERVED_IDLE_MS, STEADY_NOISE_RUNS,
                          WARM_NOISE_WINDOW_MS, Profile, background_factor, warm_ms, warm_time)
 
 STREAMS = ("launch", "heartbeat", "compute", "mtbf", "hop")
@@ -64,6 +64,7 @@ class Page:
     first_load_end: float | None = None   # when its first session create ended (settle_load_ms)
     post_load_until: float = -math.inf    # runs starting before this take post_load_factor longer
     first_run_end: float | None = None    # when its first shard run ended (warmup_ms)
+    last_run_end: float | None = None     # ... its latest (served_load_ms)
 
 
 def _inverse_cdf(quantiles) -> tuple[np.ndarray, np.ndarray]:
@@ -325,7 +326,7 @@ class SimWorld:
             init = bp.page_init_aged_ms if aged else bp.page_init_ms
         elif bp.settle_load_ms > 0 and page.first_load_end is not None:
             init = bp.settle_load_ms * math.exp(-(self.env.now - page.first_load_end) / bp.settle_ms)
-        if page.sessions > 0 and page.runs > 0:
+        if page.sessions > 0 and page.last_run_end is not None and self.env.now - page.last_run_end < SERVED_IDLE_MS:
             init += bp.served_load_ms
         if bp.load_ms is not None and bp.load_ms_per_mb is not None:
             return 2 * self.p.link_latency_ms + bp.load_ms + mb * bp.load_ms_per_mb + init
@@ -458,6 +459,7 @@ class SimWorld:
         page.job = page.job_run = None
         if page.first_run_end is None:
             page.first_run_end = self.env.now
+        page.last_run_end = self.env.now
         self._hold_tail(page, False)
         self._late_heartbeat(page)
         compute = self.env.now - started
