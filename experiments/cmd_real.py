@@ -15,7 +15,7 @@ import numpy as np
 
 from events.store import Store
 from experiments.flags import add_scenario_flags, scenario_from_args
-from experiments.runner import add_output_flags, emit_result, real_extras, run_real_stored
+from experiments.runner import add_output_flags, emit_result, real_extras, run_real_stored, stop_if_signalled
 from shardtwin.errors import InputError
 
 
@@ -91,8 +91,10 @@ def remote_options(args: argparse.Namespace, scenario, named: tuple[int, ...] = 
 
 
 def real_and_store(scenario, db: str, headed=False, launcher="auto", timeout_s=600.0, remote=None,
-                   profile=None) -> dict:
-    """`profile` configures the run's placement as the simulator's (None: sim.profile.DEFAULT_PROFILE)."""
+                   profile=None, stop_on_signal: bool = True) -> dict:
+    """`profile` configures the run's placement as the simulator's (None: sim.profile.DEFAULT_PROFILE).
+    A run ended by Ctrl-C / SIGTERM is stored, then ends the command (stop_on_signal; `shardtwin
+    real` prints the run's result first)."""
     from sim.profile import DEFAULT_PROFILE
     with Store(db) as store:
         stored = run_real_stored(store, scenario, extra=lambda run: {**real_extras(run, scenario),
@@ -100,6 +102,8 @@ def real_and_store(scenario, db: str, headed=False, launcher="auto", timeout_s=6
                                  headed=headed, launcher=launcher, timeout_s=timeout_s, remote=remote,
                                  profile=profile if profile is not None else DEFAULT_PROFILE)
         stored.finish()
+    if stop_on_signal:
+        stop_if_signalled(stored.result)
     return stored.result
 
 
@@ -114,7 +118,7 @@ def cmd_real(args: argparse.Namespace) -> int:
     named = split_remote_browsers(args)
     scenario = scenario_from_args(args)
     remote = remote_options(args, scenario, named)
-    res = real_and_store(scenario, args.db, args.headed, args.launcher, args.timeout, remote)
+    res = real_and_store(scenario, args.db, args.headed, args.launcher, args.timeout, remote, stop_on_signal=False)
     emit_result(args, res)
     if res.get("aborted") in ("interrupted", "terminated"):
         sys.stderr.write(f"shardtwin: {res['aborted']}; the run is stored as aborted with its events\n")

@@ -26,7 +26,7 @@ from events.store import DEFAULT_DB_PATH, Store
 from experiments import seedtest_metrics as xm
 from experiments import seedtest_run as xr
 from experiments.flags import add_scenario_flags, scenario_from_args
-from experiments.runner import fmt_num, summary_lines, write_json_atomic
+from experiments.runner import fmt_num, stop_if_signalled, summary_lines, write_json_atomic
 from shardtwin.errors import InputError
 from shardtwin.vocab import ModelType, PlacementPolicy, WorkloadKind
 
@@ -183,6 +183,7 @@ class Session:
         res["result_file"] = str(path)
         self.files.append(str(write_json_atomic(path, res)))
         self.results.append(res)
+        stop_if_signalled(res)     # stored and written: Ctrl-C / SIGTERM end the whole test, not this run
         return res
 
     def _sections(self, res: dict[str, Any], s: Scenario, out: dict[str, Any], info: dict[str, Any],

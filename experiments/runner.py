@@ -88,6 +88,22 @@ def run_real_stored(store: Store, scenario, extra: Callable[[Any], dict[str, Any
     return StoredRun(store, run_id, run, seed_result(run.log, scenario, run.plan, run.coordinator.s, extra=extras))
 
 
+def stop_if_signalled(res: dict[str, Any]) -> None:
+    """A real run ended by Ctrl-C or SIGTERM ends the command too. The driver traps both signals to
+    kill the browsers and store the run (aborted, with its events) through the normal path, so a
+    command that runs several real runs (validate's repeats, calibrate --collect, timeouts,
+    test) would otherwise go on to launch the next one. Raises what the CLI turns into exit 130/143."""
+    why = res.get("aborted")
+    if why not in ("interrupted", "terminated"):
+        return
+    rid = f" {res['run_id']}" if res.get("run_id") else ""
+    sys.stderr.write(f"shardtwin: the real run{rid} is stored as aborted with its events\n")
+    if why == "interrupted":
+        raise KeyboardInterrupt
+    from experiments.cli import Terminated
+    raise Terminated()
+
+
 def add_output_flags(p) -> None:
     p.add_argument("--db", default=str(DEFAULT_DB_PATH), metavar="PATH", help="DuckDB file (default %(default)s)")
     p.add_argument("--out", metavar="FILE", help="write the result JSON here")

@@ -242,3 +242,31 @@ def test_scaled_down_soak_meets_its_targets(tmp_path, capsys):
     with Store(tmp_path / "soak.duckdb") as store:
         (run,) = store.runs()
         assert run.status == "finished" and len(store.load_scenario(run.scenario_hash).faults) == r["faults"]["scheduled"]
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_ends_a_command_of_several_real_runs_not_just_the_run(sig, code, tmpdir_short):
+    """`validate --real-repeats 3` (like calibrate --collect and timeouts) runs real runs one after
+    another. Ctrl-C / SIGTERM in the first: its browsers end, it is stored aborted, and the command
+    exits 130/143 without launching the next repeat (it used to go on with repeat 2)."""
+    db = tmpdir_short / "val.duckdb"
+    args = ["validate", "--model", "all-MiniLM-L6-v2", "--shards", "2", "--browsers", "chromium,firefox",
+            "--seq-len", "32", "--concurrent-requests", "2", "--duration", "90", "--real-repeats", "3",
+            "--db", str(db)]
+    p = start(args, tmpdir_short)
+    try:
+        wait_line(p, "WORKLOAD", 120)
+        marked, members, helpers = our_browsers(tmpdir_short)
+        p.send_signal(sig)
+        gone_within(tmpdir_short, members | set(helpers), 5.0)
+        rc = p.wait(30)
+        out, err = p.stdout.read(), p.stderr.read()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            p.kill()
+    assert rc == code, (rc, err)
+    assert "LAUNCH" not in out, out          # no browser launched after the signal
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("shardtwin:"), err
+    with Store(db) as store:
+        runs = store.runs()
+    assert [(r.source.value, r.status) for r in runs] == [("real", "aborted")], runs
