@@ -110,6 +110,14 @@ class Host:
             self.jobs[jid].paused = paused
             self._changed()
 
+    def consume(self, jid: int, ms: float) -> None:
+        """Take `ms` of full-speed work off a job without it having held the CPU (work that another
+        job's fitted time already holds); a job left with none ends now."""
+        if jid in self.jobs:
+            self._advance()
+            self.jobs[jid].remaining_ms = max(self.jobs[jid].remaining_ms - ms, 0.0)
+            self._changed()
+
     def scale(self, jid: int, factor: float) -> None:
         """Stretch what is left of a job (a slowdown that starts mid-run)."""
         if jid in self.jobs:
