@@ -508,8 +508,9 @@ SERVED_LOAD_MIN = 2    # loads onto serving pages a kind needs for its extra (on
 def fit_served_load(loads: list[tuple], served: list[bool], lines: dict[str, tuple[float, float, float]],
                     settles: dict[str, tuple[float, float]], link_latency_ms: float) -> dict[str, dict[str, Any]]:
     """Per kind with its own load line and no settle term (whose later loads it already describes,
-    Chromium's): the median extra ms of later session creates on pages that had run shards (a
-    failover onto a serving page) over the line, from SERVED_LOAD_MIN or more; kept when > 0.
+    Chromium's): the median extra ms of later session creates on serving pages (a failover onto one;
+    `served` marks them: a run < SERVED_IDLE_MS before, no launch beside) over the line, from
+    SERVED_LOAD_MIN or more; kept when > 0.
     Measured in Firefox: +47-68 ms for a 69 MB shard, +4-57 ms for 15 MB, in every collect; a page
     that had not run yet (back-to-back loads) follows the line. `loads` as fit_loads takes them."""
     extra: dict[str, list[float]] = defaultdict(list)

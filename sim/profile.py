@@ -90,9 +90,9 @@ class BrowserProfile:
     # serving for seconds). 0: none.
     settle_load_ms: float = 0.0
     settle_ms: float = 1000.0
-    # A later session create on a page that has run shards (a failover onto a serving page) costs this
-    # much more (measured in Firefox: +47-68 ms for 69 MB, +4-57 ms for 15 MB over its line; a page that
-    # had not run yet follows the line). 0: none.
+    # A later session create on a serving page (its last run ended < SERVED_IDLE_MS before: a failover
+    # onto it) costs this much more (measured in Firefox: +47-68 ms for 69 MB, +4-57 ms for 15 MB over
+    # its line; a page that had not run yet follows the line). 0: none.
     served_load_ms: float = 0.0
     # After a later session create in a page that has served (a failover onto it), the page's runs
     # that start within post_load_ms take post_load_factor times longer, whichever session they run

@@ -327,7 +327,7 @@ class SimWorld:
             init = bp.page_init_aged_ms if aged else bp.page_init_ms
         elif bp.settle_load_ms > 0 and page.first_load_end is not None:
             init = bp.settle_load_ms * math.exp(-(self.env.now - page.first_load_end) / bp.settle_ms)
-        if page.sessions > 0 and page.last_run_end is not None and self.env.now - page.last_run_end < SERVED_IDLE_MS:
+        if page.last_run_end is not None and self.env.now - page.last_run_end < SERVED_IDLE_MS:   # a serving page
             init += bp.served_load_ms
         if bp.load_ms is not None and bp.load_ms_per_mb is not None:
             return 2 * self.p.link_latency_ms + bp.load_ms + mb * bp.load_ms_per_mb + init
