@@ -120,9 +120,7 @@ def cmd_real(args: argparse.Namespace) -> int:
     remote = remote_options(args, scenario, named)
     res = real_and_store(scenario, args.db, args.headed, args.launcher, args.timeout, remote, stop_on_signal=False)
     emit_result(args, res)
-    if res.get("aborted") in ("interrupted", "terminated"):
-        sys.stderr.write(f"shardtwin: {res['aborted']}; the run is stored as aborted with its events\n")
-        return 130 if res["aborted"] == "interrupted" else 143
+    stop_if_signalled(res)      # after its result is out: exit 130 / 143 as every command does
     return 0 if res["requests"]["lost"] == 0 else 1
 
 
