@@ -36,7 +36,7 @@ from coordinator.settings import resolve
 from events.store import Store
 from models.partition import make_plan
 from shardtwin.errors import InputError
-from sim.profile import (AGED_PAGE_MS, DEFAULT_PROFILE, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS, SERVED_IDLE_MS,
+from sim.profile import (AGED_PAGE_MS, DEFAULT_PROFILE, HEAP_NEED_FACTOR, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS, SERVED_IDLE_MS,
                          STEADY_NOISE_RUNS, WARM_NOISE_WINDOW_MS, BackendRate, Profile, background_factor, warm_time)
 
 CLASSES = ("matmul", "attention", "elementwise", "conv")
@@ -103,6 +103,8 @@ class RunData:
     load_since: list[float | None] = field(default_factory=list)   # ms since the page's first load ended (None: first)
     load_quiet: list[bool] = field(default_factory=list)      # no other browser launched (or worked after it) meanwhile
     load_served: list[bool] = field(default_factory=list)     # the page was serving (a run < SERVED_IDLE_MS before)
+    load_units: list[int] = field(default_factory=list)       # graph units of each loaded shard
+    load_grown: list[float] = field(default_factory=list)     # MB the page's heap grew past its high-water
     launches: list[tuple[str, float]] = field(default_factory=list)
     load_overlap: list[int] = field(default_factory=list)     # startup jobs overlapping each load, it included
     launch_overlap: list[int] = field(default_factory=list)
@@ -149,6 +151,8 @@ def extract(store: Store, run_id: str) -> RunData:
     later_end: dict[str, float] = {}             # ... its latest session create after it had run
     first_run_end: dict[str, float] = {}         # ... its first shard run ended
     last_run_end: dict[str, float] = {}          # ... its latest shard run ended
+    held: dict[str, set[int]] = {}               # shards each page holds a session of
+    heap: dict[str, float] = {}                  # each page's heap high-water (HEAP_NEED_FACTOR)
     faults: list[tuple[str, float]] = []
     for e in ev:
         k, b, t = e["kind"], e["browser"], e["t_ms"]
@@ -192,9 +196,17 @@ def extract(store: Store, run_id: str) -> RunData:
                 n = sum(1 for x in ev if x["kind"] == "heartbeat_received" and x["browser"] == b and lo < x["t_ms"] < t - 20)
                 data.load_beats.append((kind_of(b), n * interval / (0.7 * (t - t0))))
             runs_in_session.pop((b, e["shard"]), None)      # a new session of that shard
+            own = held.setdefault(b, set())
+            need = (sum(base.shards[x].weight_mb for x in own) + HEAP_NEED_FACTOR * base.shards[e["shard"]].weight_mb)
+            grown = max(0.0, need - heap.get(b, 0.0))
+            if e["shard"] not in own:
+                own.add(e["shard"])
+                heap[b] = max(heap.get(b, 0.0), need)
             if e["value"] is not None and e["value"] > 5.0 and t0 is not None:
                 data.loads.append((kind_of(b), float(base.shards[e["shard"]].weight_mb),
                                    float(e["value"]) - (t0 - asked), sessions.get(b, 0) == 0))
+                data.load_units.append(len(base.shards[e["shard"]].units))
+                data.load_grown.append(grown)
                 data.load_age.append(t0 - ready_at.get(b, t0))
                 data.load_since.append(None if b not in first_end else t0 - first_end[b])
                 data.load_served.append(b in last_run_end and t0 - last_run_end[b] < SERVED_IDLE_MS)
@@ -219,6 +231,8 @@ def extract(store: Store, run_id: str) -> RunData:
             first_run_end.pop(b, None)
             last_run_end.pop(b, None)
             free.pop(b, None)
+            held.pop(b, None)
+            heap.pop(b, None)
             ready_at[b] = t
         if k == "fault_injected" and b and json.loads(e["detail"] or "{}").get("fault") == "browser_crash":
             faults.append((b, t))
@@ -522,6 +536,42 @@ def fit_served_load(loads: list[tuple], served: list[bool], lines: dict[str, tup
     return {k: {"n": len(v), "median_extra_ms": float(np.median(v)),
                 "served_load_ms": max(0.0, float(np.median(v))) if len(v) >= SERVED_LOAD_MIN else 0.0}
             for k, v in extra.items()}
+
+
+LATER_LOAD_MIN = 5            # later session creates a kind needs for its own later-load model
+LATER_GROWN_MIN_MB = 5.0      # ... some growing the page's heap by this much, some by less
+
+
+def fit_later_loads(loads: list[tuple], units: list[int | None], grown: list[float | None], quiet: list[bool],
+                    link_latency_ms: float, skip: set[str]) -> dict[str, dict[str, Any]]:
+    """Per kind not in `skip` (kinds with a settle term, which describes their later loads): a later
+    session create (the page holds one) = fixed + MB * per_mb + graph units * per_unit + MB the page's
+    heap grows past its high-water * per_grown_mb, all >= 0, robust on relative residuals. From the
+    loads with no other startup work beside them (no load, launch or work after a launch: a relaunch's
+    tail beside one made a 69 MB Firefox load 929 ms against 404-470 without; all the kind's later
+    loads when those are fewer than LATER_LOAD_MIN); fitted when they cover two sizes and heaps that
+    grew and that did not.
+    Measured in Firefox, session create alone (page-reported): 7.7 MB 15-20 ms, 14.2 MB 26-33 ms onto a
+    page with room, 38-47 ms onto one that had to grow ~15 MB. `loads` as fit_loads takes them."""
+    out: dict[str, dict[str, Any]] = {}
+    for k in sorted({x[0] for x in loads} - skip):
+        rows = [(x, u, g, q) for x, u, g, q in zip(loads, units, grown, quiet) if x[0] == k and not x[3]
+                and u is not None and g is not None]
+        alone = [r for r in rows if r[0][4] == 1 and r[3]]
+        use = alone if len(alone) >= LATER_LOAD_MIN else rows
+        if (len(use) < LATER_LOAD_MIN or len({round(r[0][1], 1) for r in use}) < 2
+                or not any(r[2] >= LATER_GROWN_MIN_MB for r in use) or all(r[2] >= LATER_GROWN_MIN_MB for r in use)):
+            out[k] = {"n": len(use), "fitted": False}
+            continue
+        X = np.array([[1.0, r[0][1], float(r[1]), r[2]] for r in use])
+        y = np.maximum(np.array([r[0][2] - 2 * link_latency_ms for r in use]), 1.0)
+        fit = least_squares(lambda p: (X @ p - y) / y, np.array([float(np.median(y)) * 0.1, 1.0, 1.0, 0.1]),
+                            bounds=(0.0, np.inf), loss="soft_l1", f_scale=0.1)
+        p = [float(v) for v in fit.x]
+        out[k] = {"n": len(use), "fitted": True, "fixed_ms": p[0], "ms_per_mb": p[1], "ms_per_unit": p[2],
+                  "ms_per_grown_mb": p[3], "grown_loads": sum(1 for r in use if r[2] >= LATER_GROWN_MIN_MB),
+                  **_residual_stats(y, X @ fit.x)}
+    return out
 
 
 def threads_for_slowdown(s: float, page_weight: float, cores: float) -> float:
@@ -844,6 +894,11 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
         load_lines, pooled_load, residuals["load"] = fit_loads(less, base.link_latency_ms)
         served_load = fit_served_load(loads, served, load_lines, residuals["load"]["settle"], base.link_latency_ms)
     residuals["load"]["served"] = served_load
+    later = fit_later_loads(loads, [u for r in runs for u in (r.load_units or [None] * len(r.loads))],
+                            [g for r in runs for g in (r.load_grown or [None] * len(r.loads))],
+                            [q for r in runs for q in (r.load_quiet or [True] * len(r.loads))],
+                            base.link_latency_ms, set(residuals["load"]["settle"]))
+    residuals["load"]["later"] = later
     def with_warmup(s: Sample) -> float:
         """The prediction with the warm-up the simulator applies to the run (its page's first, or
         since that one ended): pages beside a launch or in the noise windows may be warming up."""
@@ -884,6 +939,11 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
             ch["page_init_aged_ms"] = residuals["load"].get(kind, {}).get("page_init_aged_ms")
             ch["settle_load_ms"], ch["settle_ms"] = residuals["load"]["settle"].get(kind, (0.0, bp.settle_ms))
             ch["served_load_ms"] = served_load.get(kind, {}).get("served_load_ms", 0.0)
+        if later.get(kind, {}).get("fitted"):       # it describes the served loads too (they are later loads)
+            lf = later[kind]
+            ch["later_load_ms"], ch["later_load_ms_per_mb"] = lf["fixed_ms"], lf["ms_per_mb"]
+            ch["later_load_ms_per_unit"], ch["later_load_ms_per_grown_mb"] = lf["ms_per_unit"], lf["ms_per_grown_mb"]
+            ch["served_load_ms"] = 0.0
         if kind in warm:
             ch["warmup_factor"], ch["warmup_extra_ms"], ch["warmup_after_factor"], ch["warmup_ms"] = warm[kind]
             ch["warmup_runs"] = 0.0

@@ -45,6 +45,12 @@ LATE_SESSION_RUNS = 4
 # page serving requests); a standby that ran one warm-up run and idled for seconds is another case
 # (measured in Firefox: 929 ms for 69 MB, 4 s after its one run, against 404-470 on serving pages).
 SERVED_IDLE_MS = 1000.0
+# A session create holds the shard's model bytes and its initialisers at once: the page's heap (which
+# never shrinks) rises to what it holds + this many times the new shard's MB. A later create that
+# must grow it past its high-water pays for the new memory (later_load_ms_per_grown_mb): measured in
+# Firefox, 14 MB onto a page holding one 14 MB shard created in 38-47 ms, onto pages holding 55-69 MB
+# in 26-33 ms.
+HEAP_NEED_FACTOR = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +100,14 @@ class BrowserProfile:
     # onto it) costs this much more (measured in Firefox: +47-68 ms for 69 MB, +4-57 ms for 15 MB over
     # its line; a page that had not run yet follows the line). 0: none.
     served_load_ms: float = 0.0
+    # A later session create (the page holds a session already), fitted on those alone (calibrated):
+    # later_load_ms + MB * later_load_ms_per_mb + graph units * later_load_ms_per_unit + the MB its
+    # heap grows past its high-water (HEAP_NEED_FACTOR) * later_load_ms_per_grown_mb. It replaces the
+    # load line, settle and served terms for such loads. None: those apply.
+    later_load_ms: float | None = None
+    later_load_ms_per_mb: float = 0.0
+    later_load_ms_per_unit: float = 0.0
+    later_load_ms_per_grown_mb: float = 0.0
     # After a later session create in a page that has served (a failover onto it), the page's runs
     # that start within post_load_ms take post_load_factor times longer, whichever session they run
     # (measured in Chromium: 3.4x in the first 250 ms, 2.9x to 500 ms, 1.0x after 750 ms; Firefox

@@ -80,3 +80,44 @@ def test_a_browsers_work_after_hello_runs_out_during_its_pages_first_load():
         assert runs and min(e.t_ms for e in runs) > loaded
         firsts[tail_ms] = [round(e.value, 6) for e in runs]
     assert firsts[800.0] == firsts[0.0]      # nothing of the tails is left for the workload
+
+
+def test_a_later_load_pays_for_the_heap_it_grows():
+    """Measured in Firefox (page-reported session create): 14 MB onto a page holding one 14 MB shard
+    took 38-47 ms, onto pages holding 55-69 MB 26-33 ms. With a later-load model, a failover onto a
+    page holding a small shard costs per MB, per graph unit and per MB its heap grows past the
+    high-water its own first create left (HEAP_NEED_FACTOR x that shard); the page's first loads
+    keep the load line."""
+    import dataclasses
+
+    from events.scenario import parse_scenario
+    from events.schema import EventKind as K
+    from sim.profile import DEFAULT_PROFILE as P
+    from sim.profile import HEAP_NEED_FACTOR
+    from sim.run import run_scenario
+    s = parse_scenario({"model": "all-MiniLM-L6-v2", "shards": 3, "shard_type": "layer",
+                        "browsers": ["firefox", "firefox", "firefox"], "fault_tolerance_level": "low",
+                        "recovery_strategy": "failover", "workload": {"kind": "iterations", "iterations": 30},
+                        "faults": [{"type": "browser_crash", "at_ms": 300.0, "browser": "0"}]})
+    got = {}
+    for per_grown in (0.0, 1.0):
+        ff = dataclasses.replace(P.browsers["firefox"], launch_sd_ms=0.0, load_ms=10.0, load_ms_per_mb=4.0,
+                                 page_init_ms=1000.0, later_load_ms=5.0, later_load_ms_per_mb=3.0,
+                                 later_load_ms_per_unit=2.0, later_load_ms_per_grown_mb=per_grown)
+        prof = dataclasses.replace(P, cpu_bound_startup=False, browsers={**P.browsers, "firefox": ff})
+        run = run_scenario(s, prof)
+        crash = next(e.t_ms for e in run.log.events if e.kind == K.BROWSER_CRASHED)
+        loads = [e for e in run.log.events if e.kind == K.SHARD_LOADED]
+        firsts = [e for e in loads if e.t_ms < crash]
+        (later,) = [e for e in loads if e.t_ms > crash]
+        mb = {sh.index: sh.weight_mb for sh in run.plan.shards}
+        units = {sh.index: len(sh.units) for sh in run.plan.shards}
+        lat = 2 * prof.link_latency_ms
+        assert all(e.value == pytest.approx(lat + 10.0 + 4.0 * mb[e.shard] + 1000.0) for e in firsts)
+        own = next(e.shard for e in firsts if e.browser == later.browser)      # what the target page holds
+        grown = max(0.0, mb[own] + HEAP_NEED_FACTOR * mb[later.shard] - HEAP_NEED_FACTOR * mb[own])
+        assert later.value == pytest.approx(lat + 5.0 + 3.0 * mb[later.shard] + 2.0 * units[later.shard]
+                                            + per_grown * grown)
+        got[per_grown] = (later.value, grown)
+    assert got[1.0][1] > 10.0                                # the target held one small shard: its heap grew
+    assert got[1.0][0] - got[0.0][0] == pytest.approx(got[1.0][1])
