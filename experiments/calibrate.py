@@ -36,8 +36,9 @@ from coordinator.settings import resolve
 from events.store import Store
 from models.partition import make_plan
 from shardtwin.errors import InputError
-from sim.profile import (AGED_PAGE_MS, DEFAULT_PROFILE, HEAP_NEED_FACTOR, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS, SERVED_IDLE_MS,
-                         STEADY_NOISE_RUNS, WARM_NOISE_WINDOW_MS, BackendRate, Profile, background_factor, warm_time)
+from sim.profile import (AGED_PAGE_MS, DEFAULT_PROFILE, HEAP_NEED_FACTOR, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS,
+                         SERVED_IDLE_MS, STEADY_NOISE_RUNS, WARM_NOISE_WINDOW_MS, BackendRate, Profile,
+                         background_factor, warm_time)
 
 CLASSES = ("matmul", "attention", "elementwise", "conv")
 RATE_FIELD = {"matmul": "matmul_gflops", "attention": "attention_gflops", "elementwise": "elementwise_gflops",
@@ -197,7 +198,7 @@ def extract(store: Store, run_id: str) -> RunData:
                 data.load_beats.append((kind_of(b), n * interval / (0.7 * (t - t0))))
             runs_in_session.pop((b, e["shard"]), None)      # a new session of that shard
             own = held.setdefault(b, set())
-            need = (sum(base.shards[x].weight_mb for x in own) + HEAP_NEED_FACTOR * base.shards[e["shard"]].weight_mb)
+            need = sum(base.shards[x].weight_mb for x in own) + HEAP_NEED_FACTOR * base.shards[e["shard"]].weight_mb
             grown = max(0.0, need - heap.get(b, 0.0))
             if e["shard"] not in own:
                 own.add(e["shard"])

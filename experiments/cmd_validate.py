@@ -383,8 +383,8 @@ def _load_line(bp) -> str:
                   if bp.settle_load_ms else "")
         served = f" (+{bp.served_load_ms:.0f} ms onto a page that has served)" if bp.served_load_ms else ""
         later = (f"; later loads {bp.later_load_ms:.0f} ms + {bp.later_load_ms_per_mb:.2f} ms/MB + "
-                 f"{bp.later_load_ms_per_unit:.1f} ms/unit + {bp.later_load_ms_per_grown_mb:.2f} ms per MB of heap growth"
-                 if bp.later_load_ms is not None else "")
+                 f"{bp.later_load_ms_per_unit:.1f} ms/unit + {bp.later_load_ms_per_grown_mb:.2f} ms per MB "
+                 "of heap growth" if bp.later_load_ms is not None else "")
         return f"{bp.load_ms:.0f} ms + {bp.load_ms_per_mb:.2f} ms/MB{settle}{served}{later}"
     return f"x{bp.load_scale:.2f} of the pooled line"
 
