@@ -525,6 +525,16 @@ def test_fit_tells_a_pages_slowdown_after_its_own_load_from_a_launch_beside_it(t
     assert ff.launch_threads < 1.2, fit.residuals.get("launch_cpu.firefox")
 
 
+def _minilm_runs(db: str, prof, specs: list[dict], seed: int) -> list[str]:
+    """Each spec (shards, browsers, faults, ...) as a 40-request MiniLM layer scenario, simulated."""
+    ids = []
+    for i, spec in enumerate(specs):
+        s = parse_scenario({"model": "all-MiniLM-L6-v2", "shard_type": "layer", "seed": seed + i, **spec,
+                            "workload": {"kind": "iterations", "iterations": 40, "batch_size": 1, "seq_len": 32}})
+        ids.append(simulate_and_store(s, prof, db)["run_id"])
+    return ids
+
+
 def test_fit_recovers_the_extra_cost_of_a_load_onto_a_page_that_has_served(tmp_path):
     """Measured in Firefox: a failover onto a serving page costs 20-60 ms over the load line, in every
     collect, while back-to-back loads on a page that has not run follow it. Sim-made failovers onto
@@ -539,10 +549,7 @@ def test_fit_recovers_the_extra_cost_of_a_load_onto_a_page_that_has_served(tmp_p
               "recovery_strategy": "failover", "faults": [{"type": "browser_crash", "at_ms": 500.0, "browser": "1"}]}]
     # back-to-back loads on pages that have not run yet (they tell the line apart from the extra)
     specs += [{"shards": n, "browsers": [kind]} for kind in ("chromium", "firefox") for n in (3, 4)]
-    for i, spec in enumerate(specs):
-        s = parse_scenario({"model": "all-MiniLM-L6-v2", "shard_type": "layer", "seed": 10 + i, **spec,
-                            "workload": {"kind": "iterations", "iterations": 40, "batch_size": 1, "seq_len": 32}})
-        ids.append(simulate_and_store(s, prof, db)["run_id"])
+    ids += _minilm_runs(db, prof, specs, seed=10)
     with Store(db) as st:
         fit = calibrate(st, ids, name="served", source="sim")
     res = fit.residuals["load"]["served"]
@@ -631,11 +638,7 @@ def test_fit_recovers_a_later_load_model_with_the_heap_it_grows(tmp_path):
              {"shards": 2, "browsers": ["chromium", "firefox"], **crash("chromium")},      # 69 MB onto 22 MB
              {"shards": 4, "browsers": ["firefox"]}, {"shards": 3, "browsers": ["firefox"]},
              {"shards": 4, "browsers": ["chromium"]}, {"shards": 3, "browsers": ["chromium"]}]
-    ids = []
-    for i, spec in enumerate(specs):
-        s = parse_scenario({"model": "all-MiniLM-L6-v2", "shard_type": "layer", "seed": 20 + i, **spec,
-                            "workload": {"kind": "iterations", "iterations": 40, "batch_size": 1, "seq_len": 32}})
-        ids.append(simulate_and_store(s, prof, db)["run_id"])
+    ids = _minilm_runs(db, prof, specs, seed=20)
     with Store(db) as st:
         fit = calibrate(st, ids, name="later", source="sim")
     res = fit.residuals["load"]["later"]
