@@ -30,8 +30,8 @@ from events.schema import Event, EventKind
 from models.partition import ShardPlan
 from sim.calls import Draws, call_later
 from sim.host import Host
-from sim.profile import (AGED_PAGE_MS, HEAP_NEED_FACTOR, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS, SERVED_IDLE_MS, STEADY_NOISE_RUNS,
-                         WARM_NOISE_WINDOW_MS, Profile, background_factor, warm_ms, warm_time)
+from sim.profile import (AGED_PAGE_MS, HEAP_NEED_FACTOR, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS, SERVED_IDLE_MS,
+                         STEADY_NOISE_RUNS, WARM_NOISE_WINDOW_MS, Profile, background_factor, warm_ms, warm_time)
 
 STREAMS = ("launch", "heartbeat", "compute", "mtbf", "hop")
 
