@@ -36,9 +36,9 @@ from coordinator.settings import resolve
 from events.store import Store
 from models.partition import make_plan
 from shardtwin.errors import InputError
-from sim.profile import (AGED_PAGE_MS, DEFAULT_PROFILE, HEAP_NEED_FACTOR, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS,
+from sim.profile import (AGED_PAGE_MS, DEFAULT_PROFILE, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS,
                          SERVED_IDLE_MS, STEADY_NOISE_RUNS, WARM_NOISE_WINDOW_MS, BackendRate, Profile,
-                         background_factor, warm_time)
+                         background_factor, heap_growth, warm_time)
 
 CLASSES = ("matmul", "attention", "elementwise", "conv")
 RATE_FIELD = {"matmul": "matmul_gflops", "attention": "attention_gflops", "elementwise": "elementwise_gflops",
@@ -153,7 +153,7 @@ def extract(store: Store, run_id: str) -> RunData:
     first_run_end: dict[str, float] = {}         # ... its first shard run ended
     last_run_end: dict[str, float] = {}          # ... its latest shard run ended
     held: dict[str, set[int]] = {}               # shards each page holds a session of
-    heap: dict[str, float] = {}                  # each page's heap high-water (HEAP_NEED_FACTOR)
+    heap: dict[str, float] = {}                  # each page's heap high-water (sim.profile.heap_growth)
     faults: list[tuple[str, float]] = []
     for e in ev:
         k, b, t = e["kind"], e["browser"], e["t_ms"]
@@ -198,11 +198,11 @@ def extract(store: Store, run_id: str) -> RunData:
                 data.load_beats.append((kind_of(b), n * interval / (0.7 * (t - t0))))
             runs_in_session.pop((b, e["shard"]), None)      # a new session of that shard
             own = held.setdefault(b, set())
-            need = sum(base.shards[x].weight_mb for x in own) + HEAP_NEED_FACTOR * base.shards[e["shard"]].weight_mb
-            grown = max(0.0, need - heap.get(b, 0.0))
+            grown, high = heap_growth(sum(base.shards[x].weight_mb for x in own), base.shards[e["shard"]].weight_mb,
+                                      heap.get(b, 0.0))
             if e["shard"] not in own:
                 own.add(e["shard"])
-                heap[b] = max(heap.get(b, 0.0), need)
+                heap[b] = high
             if e["value"] is not None and e["value"] > 5.0 and t0 is not None:
                 data.loads.append((kind_of(b), float(base.shards[e["shard"]].weight_mb),
                                    float(e["value"]) - (t0 - asked), sessions.get(b, 0) == 0))

@@ -212,6 +212,14 @@ def warm_time(ms: float, since_first_run_ms: float | None, factor: float, extra_
     return ms * (1.0 + (after_factor - 1.0) * math.exp(-max(since_first_run_ms, 0.0) / tau_ms))
 
 
+def heap_growth(held_mb: float, shard_mb: float, high_water_mb: float) -> tuple[float, float]:
+    """A session create of a shard_mb shard in a page holding held_mb whose heap high-water is
+    high_water_mb (HEAP_NEED_FACTOR): (MB its heap grows past that, the new high-water). The one
+    definition the simulator and the fit (experiments.calibrate.extract) share."""
+    need = held_mb + HEAP_NEED_FACTOR * shard_mb
+    return max(0.0, need - high_water_mb), max(high_water_mb, need)
+
+
 def background_factor(host_cores: float, weight: float, background: float) -> float:
     """Slowdown of a one-thread page by `background` cores of outside nice-0 work under CFS:
     the page gets host_cores * weight / (weight + background) of a core, at most one."""

@@ -30,8 +30,9 @@ from events.schema import Event, EventKind
 from models.partition import ShardPlan
 from sim.calls import Draws, call_later
 from sim.host import Host
-from sim.profile import (AGED_PAGE_MS, HEAP_NEED_FACTOR, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS, SERVED_IDLE_MS,
-                         STEADY_NOISE_RUNS, WARM_NOISE_WINDOW_MS, Profile, background_factor, warm_ms, warm_time)
+from sim.profile import (AGED_PAGE_MS, LATE_SESSION_RUNS, LAUNCH_NOISE_WINDOW_MS, SERVED_IDLE_MS,
+                         STEADY_NOISE_RUNS, WARM_NOISE_WINDOW_MS, Profile, background_factor, heap_growth, warm_ms,
+                         warm_time)
 
 STREAMS = ("launch", "heartbeat", "compute", "mtbf", "hop")
 
@@ -66,7 +67,7 @@ class Page:
     post_load_until: float = -math.inf    # runs starting before this take post_load_factor longer
     first_run_end: float | None = None    # when its first shard run ended (warmup_ms)
     last_run_end: float | None = None     # ... its latest (served_load_ms)
-    heap_mb: float = 0.0              # its heap's high-water, in shard MB (HEAP_NEED_FACTOR)
+    heap_mb: float = 0.0              # its heap's high-water, in shard MB (profile.heap_growth)
 
 
 def _inverse_cdf(quantiles) -> tuple[np.ndarray, np.ndarray]:
@@ -317,10 +318,10 @@ class SimWorld:
         page.queue.append(_PendingLoad(cmd, self.env.now, page.link_epoch))
         self._next_job(page)
 
-    def heap_need_mb(self, page: Page, shard: int) -> float:
-        """What the page's heap must hold while it creates this shard's session (HEAP_NEED_FACTOR)."""
+    def heap_growth(self, page: Page, shard: int) -> tuple[float, float]:
+        """(MB the page's heap grows past its high-water creating this shard's session, the new one)."""
         held = sum(self.base_plan.shards[s].weight_mb for s in page.loaded)
-        return held + HEAP_NEED_FACTOR * self.base_plan.shards[shard].weight_mb
+        return heap_growth(held, self.base_plan.shards[shard].weight_mb, page.heap_mb)
 
     def load_ms(self, page: Page, shard: int) -> float:
         if shard in page.loaded:
@@ -329,7 +330,7 @@ class SimWorld:
         mb = spec.weight_mb
         bp = self.p.browsers[page.kind]
         if page.sessions > 0 and bp.later_load_ms is not None:     # a later session create
-            grown = max(0.0, self.heap_need_mb(page, shard) - page.heap_mb)
+            grown, _ = self.heap_growth(page, shard)
             return (2 * self.p.link_latency_ms + bp.later_load_ms + mb * bp.later_load_ms_per_mb
                     + len(spec.units) * bp.later_load_ms_per_unit + grown * bp.later_load_ms_per_grown_mb)
         init = 0.0
@@ -350,7 +351,7 @@ class SimWorld:
         ms = self.load_ms(page, cmd.shard)
         if cmd.shard not in page.loaded:
             page.sessions += 1
-            page.heap_mb = max(page.heap_mb, self.heap_need_mb(page, cmd.shard))
+            _, page.heap_mb = self.heap_growth(page, cmd.shard)
         page.creating = 1
         self._hold_tail(page, True)
         started = self.env.now
