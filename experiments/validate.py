@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import duckdb
+import numpy as np
 
 from events.store import query_rows
 from experiments.runner import fmt_num, text_table
@@ -271,7 +272,40 @@ def reproducibility(con: duckdb.DuckDBPyConnection, real_runs: Sequence[str]) ->
                 p95.append(c.p95_err_pct)
                 rec += [f.recovery_err_pct for f in c.faults]
     return {"pairs": len(med), "median_err_pct": _median(med), "p95_err_pct": _median(p95),
-            "recovery_err_pct": _median(rec)}
+            "recovery_err_pct": _median(rec), **p95_sampling_error(con, runs)}
+
+
+RUN_LATENCIES = """
+SELECT run_id, latency_ms FROM request_latency
+WHERE list_contains(?::VARCHAR[], run_id) AND outcome = 'completed'
+"""
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def p95_sampling_error(con: duckdb.DuckDBPyConnection, runs: Sequence[str], resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = 0) -> dict[str, float | None]:
+    """How precisely the pooled p95 of these runs is known: a bootstrap over runs (a resample draws
+    whole runs with replacement, since requests of one run share its host state) of the pooled p95.
+    p95_se_pct: the resamples' standard deviation as % of the observed p95; p95_lo_ms/p95_hi_ms: their
+    5th and 95th percentiles. With few runs it errs low (3 runs allow 10 distinct resamples).
+    Measured on the held-out suite (30 real runs of each scenario over 10 sessions): a random 3 of
+    them put the pooled p95 more than 10% from the 30-run p95 in 10-33% of draws, a random 9 in 0-5%."""
+    ids = list(runs)
+    none = {"p95_se_pct": None, "p95_lo_ms": None, "p95_hi_ms": None}
+    if len(ids) < 2:
+        return none
+    per: dict[str, list[float]] = {i: [] for i in ids}
+    for r in query_rows(con, RUN_LATENCIES, [ids]):
+        per[r["run_id"]].append(r["latency_ms"])
+    lat = [np.asarray(v, dtype=float) for v in per.values() if v]
+    if len(lat) < 2:
+        return none
+    observed = float(np.quantile(np.concatenate(lat), 0.95))
+    rng = np.random.default_rng(seed)
+    boot = np.array([np.quantile(np.concatenate([lat[j] for j in rng.integers(0, len(lat), len(lat))]), 0.95)
+                     for _ in range(resamples)])
+    return {"p95_se_pct": float(boot.std() / observed * 100.0) if observed else None,
+            "p95_lo_ms": float(np.quantile(boot, 0.05)), "p95_hi_ms": float(np.quantile(boot, 0.95))}
 
 
 # --- presentation -------------------------------------------------------------------

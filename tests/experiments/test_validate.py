@@ -270,3 +270,32 @@ def test_a_twin_places_as_the_run_it_replays(tmp_path):
     said.clear()
     assert placement_of(db, [run["run_id"]], now, "wasm", said.append) is None
     assert "have no placement record" in said[0]
+
+
+def test_the_real_p95s_sampling_error_comes_from_its_runs():
+    """validate says how precisely the real p95 is known: runs that agree leave no doubt, runs that
+    differ do, and more runs of the same spread pin it down better (the held-out default is 9)."""
+    from experiments.validate import p95_sampling_error
+    s = parse_scenario(SCEN)
+
+    def stored(st, lats):
+        ids = []
+        for lat in lats:
+            rid = st.begin_run("real", s)
+            st.finish_run(rid, _log(rid, Source.REAL, lat))
+            ids.append(rid)
+        return ids
+    base = [100.0 + 5.0 * i for i in range(20)]
+    with Store(":memory:") as st:
+        same = stored(st, [base] * 3)
+        levels = (0.8, 1.0, 1.2)          # each run a host state: the whole run slower or faster
+        few = stored(st, [[v * k for v in base] for k in levels])
+        many = stored(st, [[v * k for v in base] for k in levels * 4])
+        e_same = p95_sampling_error(st.con, same)
+        e_few, e_many = p95_sampling_error(st.con, few), p95_sampling_error(st.con, many)
+        assert p95_sampling_error(st.con, same[:1])["p95_se_pct"] is None
+        assert reproducibility(st.con, many)["p95_se_pct"] == pytest.approx(e_many["p95_se_pct"])
+    assert e_same["p95_se_pct"] == pytest.approx(0.0) and e_same["p95_lo_ms"] == e_same["p95_hi_ms"]
+    assert 5.0 < e_few["p95_se_pct"] and e_few["p95_lo_ms"] < e_few["p95_hi_ms"]
+    # 4x the runs of the same spread: about half the error (1 / sqrt(4))
+    assert 0.35 < e_many["p95_se_pct"] / e_few["p95_se_pct"] < 0.7
