@@ -27,7 +27,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -544,10 +544,13 @@ LATER_GROWN_MIN_MB = 5.0      # ... some growing the page's heap by this much, s
 
 
 def fit_later_loads(loads: list[tuple], units: list[int | None], grown: list[float | None], quiet: list[bool],
-                    link_latency_ms: float, skip: set[str]) -> dict[str, dict[str, Any]]:
-    """Per kind not in `skip` (kinds with a settle term, which describes their later loads): a later
-    session create (the page holds one) = fixed + MB * per_mb + graph units * per_unit + MB the page's
-    heap grows past its high-water * per_grown_mb, all >= 0, robust on relative residuals. From the
+                    link_latency_ms: float, rivals: dict[str, Callable[[int], float]] | None = None
+                    ) -> dict[str, dict[str, Any]]:
+    """Per kind: a later session create (the page holds one) = fixed + MB * per_mb + graph units *
+    per_unit + MB the page's heap grows past its high-water * per_grown_mb, all >= 0, robust on
+    relative residuals. `rivals`: per kind, the prediction of load i (its index in `loads`) by the
+    model the kind has otherwise (the load line with its settle term); the later-load model is kept
+    only when it misses the kind's later loads less (median |error|) than that one does. From the
     loads with no other startup work beside them (no load, launch or work after a launch: a relaunch's
     tail beside one made a 69 MB Firefox load 929 ms against 404-470 without; all the kind's later
     loads when those are fewer than LATER_LOAD_MIN); fitted when they cover two sizes and heaps that
@@ -555,9 +558,9 @@ def fit_later_loads(loads: list[tuple], units: list[int | None], grown: list[flo
     Measured in Firefox, session create alone (page-reported): 7.7 MB 15-20 ms, 14.2 MB 26-33 ms onto a
     page with room, 38-47 ms onto one that had to grow ~15 MB. `loads` as fit_loads takes them."""
     out: dict[str, dict[str, Any]] = {}
-    for k in sorted({x[0] for x in loads} - skip):
-        rows = [(x, u, g, q) for x, u, g, q in zip(loads, units, grown, quiet) if x[0] == k and not x[3]
-                and u is not None and g is not None]
+    for k in sorted({x[0] for x in loads}):
+        rows = [(x, u, g, q, i) for i, (x, u, g, q) in enumerate(zip(loads, units, grown, quiet)) if x[0] == k
+                and not x[3] and u is not None and g is not None]
         alone = [r for r in rows if r[0][4] == 1 and r[3]]
         use = alone if len(alone) >= LATER_LOAD_MIN else rows
         if (len(use) < LATER_LOAD_MIN or len({round(r[0][1], 1) for r in use}) < 2
@@ -572,6 +575,10 @@ def fit_later_loads(loads: list[tuple], units: list[int | None], grown: list[flo
         out[k] = {"n": len(use), "fitted": True, "fixed_ms": p[0], "ms_per_mb": p[1], "ms_per_unit": p[2],
                   "ms_per_grown_mb": p[3], "grown_loads": sum(1 for r in use if r[2] >= LATER_GROWN_MIN_MB),
                   **_residual_stats(y, X @ fit.x)}
+        if rivals and k in rivals:
+            other = np.maximum(np.array([rivals[k](r[4]) - 2 * link_latency_ms for r in use]), 1.0)
+            out[k]["rival_median_abs_pct"] = float(np.median(np.abs(y - other) / y) * 100)
+            out[k]["fitted"] = out[k]["median_abs_pct"] < out[k]["rival_median_abs_pct"]
     return out
 
 
@@ -895,10 +902,18 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
         load_lines, pooled_load, residuals["load"] = fit_loads(less, base.link_latency_ms)
         served_load = fit_served_load(loads, served, load_lines, residuals["load"]["settle"], base.link_latency_ms)
     residuals["load"]["served"] = served_load
+    def line_with_settle(k: str) -> Callable[[int], float]:
+        """Load i as the simulator predicts it without a later-load model: line + settle + served extra."""
+        fixed, per_mb, _ = load_lines[k]
+        e, tau = residuals["load"]["settle"][k]
+        extra = served_load.get(k, {}).get("served_load_ms", 0.0)
+        return lambda i: (2 * base.link_latency_ms + fixed + loads[i][1] * per_mb + (extra if served[i] else 0.0)
+                          + (e * math.exp(-loads[i][6] / tau) if loads[i][6] is not None else 0.0))
     later = fit_later_loads(loads, [u for r in runs for u in (r.load_units or [None] * len(r.loads))],
                             [g for r in runs for g in (r.load_grown or [None] * len(r.loads))],
                             [q for r in runs for q in (r.load_quiet or [True] * len(r.loads))],
-                            base.link_latency_ms, set(residuals["load"]["settle"]))
+                            base.link_latency_ms,
+                            {k: line_with_settle(k) for k in residuals["load"]["settle"] if k in load_lines})
     residuals["load"]["later"] = later
     def with_warmup(s: Sample) -> float:
         """The prediction with the warm-up the simulator applies to the run (its page's first, or
