@@ -550,7 +550,8 @@ def fit_later_loads(loads: list[tuple], units: list[int | None], grown: list[flo
     per_unit + MB the page's heap grows past its high-water * per_grown_mb, all >= 0, robust on
     relative residuals. `rivals`: per kind, the prediction of load i (its index in `loads`) by the
     model the kind has otherwise (the load line with its settle term); the later-load model is kept
-    only when it misses the kind's later loads less (median |error|) than that one does. From the
+    only when it misses the kind's later loads less (median |error|, each model's scaled for the
+    terms it fits on them) than the rival does. From the
     loads with no other startup work beside them (no load, launch or work after a launch: a relaunch's
     tail beside one made a 69 MB Firefox load 929 ms against 404-470 without; all the kind's later
     loads when those are fewer than LATER_LOAD_MIN); fitted when they cover two sizes and heaps that
@@ -569,16 +570,22 @@ def fit_later_loads(loads: list[tuple], units: list[int | None], grown: list[flo
             continue
         X = np.array([[1.0, r[0][1], float(r[1]), r[2]] for r in use])
         y = np.maximum(np.array([r[0][2] - 2 * link_latency_ms for r in use]), 1.0)
-        fit = least_squares(lambda p: (X @ p - y) / y, np.array([float(np.median(y)) * 0.1, 1.0, 1.0, 0.1]),
-                            bounds=(0.0, np.inf), loss="soft_l1", f_scale=0.1)
-        p = [float(v) for v in fit.x]
+        fit_x = least_squares(lambda p: (X @ p - y) / y, np.array([float(np.median(y)) * 0.1, 1.0, 1.0, 0.1]),
+                              bounds=(0.0, np.inf), loss="soft_l1", f_scale=0.1).x
+        p = [float(v) for v in fit_x]
         out[k] = {"n": len(use), "fitted": True, "fixed_ms": p[0], "ms_per_mb": p[1], "ms_per_unit": p[2],
                   "ms_per_grown_mb": p[3], "grown_loads": sum(1 for r in use if r[2] >= LATER_GROWN_MIN_MB),
-                  **_residual_stats(y, X @ fit.x)}
+                  **_residual_stats(y, X @ fit_x)}
         if rivals and k in rivals:
+            # each model's error on these loads, scaled by sqrt(n / (n - terms fitted on them)) as a
+            # residual variance is: the later-load model fits 4 terms on them, the rival's settle term 2
+            # (its line is fitted on every load, first loads too)
+            n = len(use)
             other = np.maximum(np.array([rivals[k](r[4]) - 2 * link_latency_ms for r in use]), 1.0)
             out[k]["rival_median_abs_pct"] = float(np.median(np.abs(y - other) / y) * 100)
-            out[k]["fitted"] = out[k]["median_abs_pct"] < out[k]["rival_median_abs_pct"]
+            ours = out[k]["median_abs_pct"] * math.sqrt(n / max(n - 4, 1))
+            theirs = out[k]["rival_median_abs_pct"] * math.sqrt(n / max(n - 2, 1))
+            out[k]["fitted"] = ours < theirs
     return out
 
 
