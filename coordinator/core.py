@@ -142,7 +142,7 @@ class Coordinator(RecoveryRules):
             return
         bs = self.st.browsers[b]
         last = bs.last_heartbeat if bs.last_heartbeat is not None else self._now
-        self._arm_detector(b, last + suspicion_delay(bs.gaps, self.s))
+        self._arm_detector(b, last + suspicion_delay(bs.gaps, self.s, bs.settled_gaps))
 
     def _arm_detector(self, b: str, at: float) -> None:
         """(Re)arm b's detector timer and remember it is pending (the heartbeat fast path relies on it)."""

@@ -89,7 +89,7 @@ class RecoveryRules:
         bs = self.st.browsers[b]
         if bs.status != READY or bs.last_heartbeat is None:
             return
-        delay = suspicion_delay(bs.gaps, self.s)
+        delay = suspicion_delay(bs.gaps, self.s, bs.settled_gaps)
         last = max(bs.last_heartbeat, bs.last_seen or bs.last_heartbeat)   # results count as liveness
         silence = self._now - last
         if silence + 1e-9 < delay:

@@ -39,6 +39,7 @@ class BrowserState:
     beats: int = 0                                         # heartbeats since ready
     load_since_beat: bool = False                          # a shard load overlapped the current gap
     gaps: list[float] = field(default_factory=list)       # recent heartbeat gaps (phi-accrual window)
+    settled_gaps: int = 0                                  # gaps added since ready or the last load ended
 
 
 @dataclass(slots=True)
@@ -144,7 +145,7 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
         case r.BrowserLaunchRequested(browser=b, incarnation=inc):
             bs = st.browsers[b]
             bs.status, bs.incarnation, bs.last_heartbeat, bs.last_seen = LAUNCHING, inc, None, None
-            bs.beats, bs.load_since_beat = 0, False
+            bs.beats, bs.load_since_beat, bs.settled_gaps = 0, False, 0
             bs.loaded.clear(); bs.loading.clear(); bs.gaps.clear()
         case r.BrowserReady(browser=b, t_ms=t):
             bs = st.browsers[b]
@@ -189,6 +190,7 @@ def apply(st: State, rec: r.Record) -> State:  # noqa: C901 - one arm per record
             _seen(bs, t)
             bs.loading.discard(s)
             bs.load_since_beat = True   # the gap now open overlapped this load (it began before the last beat)
+            bs.settled_gaps = 0         # the new session's first runs follow
             if bs.status in (READY, LAUNCHING):
                 bs.loaded.add(s)
                 sh = st.shards[s]
@@ -268,6 +270,7 @@ def _heartbeat(bs: BrowserState, t: float) -> None:
         return
     if bs.last_heartbeat is not None and bs.beats > 0 and not bs.load_since_beat and not bs.loading:
         bs.gaps.append(t - bs.last_heartbeat)
+        bs.settled_gaps += 1
         if len(bs.gaps) > 100:
             del bs.gaps[0]
     bs.beats += 1

@@ -23,15 +23,24 @@ def test_fixed_is_the_timeout_whatever_the_history():
     assert suspicion_delay([10.0, 5000.0, 3.0], FIXED) == 1500.0
 
 
-def test_phi_without_history_uses_the_interval():
+def test_phi_without_history_waits_for_the_bound():
+    """A page with fewer than MIN_SAMPLES gaps since it became ready or its last load ended is
+    suspected at the detector's upper bound: its window says nothing about a page starting up or
+    running a new session's first runs (measured at the high level: 12 false suspicions in 24 real
+    runs, each within a second of ready, 601-926 ms silent, or right after a failover load, ~390 ms
+    silent against a window of idle gaps)."""
     assert gap_stats([250.0] * (MIN_SAMPLES - 1), 250.0) == (250.0, 62.5)
-    assert suspicion_delay([], HIGH) == pytest.approx(250.0 + Z8 * 62.5)
+    assert suspicion_delay([], HIGH) == HIGH.detector_timeout_ms
+    assert suspicion_delay([250.0] * (MIN_SAMPLES - 1), HIGH) == HIGH.detector_timeout_ms
+    # a full window from before a load: the gaps since it ended decide
+    assert suspicion_delay([250.0] * 20, HIGH, settled_gaps=MIN_SAMPLES - 1) == HIGH.detector_timeout_ms
+    assert suspicion_delay([250.0] * 20, HIGH, settled_gaps=MIN_SAMPLES) == pytest.approx(250.0 + Z8 * 25.0)
 
 
 def test_phi_regular_heartbeats_suspect_early():
     d = suspicion_delay([250.0] * 20, HIGH)
     assert d == pytest.approx(250.0 + Z8 * 25.0)            # std floored at mean / 10
-    assert 250.0 < d < suspicion_delay([], HIGH) < FIXED.detector_timeout_ms
+    assert 250.0 < d < suspicion_delay([], HIGH) == FIXED.detector_timeout_ms
     assert phi(d, [250.0] * 20, 250.0) == pytest.approx(8.0, rel=1e-6)
 
 
@@ -112,3 +121,23 @@ def test_a_gap_that_a_shard_load_overlapped_stays_out_of_the_phi_window(cfg_for,
            r.HeartbeatReceived(2350.0, browser=b), r.HeartbeatReceived(2610.0, browser=b)]
     st = rebuilt(cfg, log)
     assert st.browsers[b].gaps == [250.0, 260.0]
+
+
+def test_the_gaps_after_a_load_count_afresh(cfg_for, rebuilt):
+    """A load ends: the page's phi window keeps its gaps, but only the gaps after the load count
+    towards trusting it (a Chromium standby that took a failover load was suspected 387 ms into the
+    stall of its first runs, in 5 of 12 real collects, and its shard failed over a second time)."""
+    cfg = cfg_for(HIGH)
+    b = "chromium-0"
+    beats = [r.HeartbeatReceived(100.0 + 250.0 * i, browser=b) for i in range(6)]      # 5 gaps
+    log = [r.BrowserLaunchRequested(0.0, browser=b, kind="chromium", incarnation=1),
+           r.BrowserReady(0.0, browser=b, launch_ms=500.0), *beats,
+           r.ShardLoadStarted(1400.0, shard=0, browser=b), r.ShardLoaded(2400.0, shard=0, browser=b, load_ms=1000.0),
+           r.HeartbeatReceived(2450.0, browser=b), r.HeartbeatReceived(2700.0, browser=b)]
+    st = rebuilt(cfg, log)
+    bs = st.browsers[b]
+    assert len(bs.gaps) == 6 and bs.settled_gaps == 1       # the gap the load overlapped is left out
+    assert suspicion_delay(bs.gaps, HIGH, bs.settled_gaps) == HIGH.detector_timeout_ms
+    st = rebuilt(cfg, log + [r.HeartbeatReceived(2950.0, browser=b), r.HeartbeatReceived(3200.0, browser=b)])
+    assert st.browsers[b].settled_gaps == MIN_SAMPLES
+    assert suspicion_delay(st.browsers[b].gaps, HIGH, st.browsers[b].settled_gaps) < 500.0
