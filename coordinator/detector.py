@@ -6,11 +6,11 @@ first? — so the coordinator arms exactly one timer per browser and never polls
 
 phi-accrual (Hayashibara et al. 2004): phi(t) = -log10(P(gap > t - last)), the gap
 modelled as normal(mean, std) of the recent window; suspect when phi >= threshold.
-Until `MIN_SAMPLES` gaps are known, the heartbeat interval stands in for the mean.
-The fixed detector timeout is always an upper bound on phi's suspicion time, and it is the
-suspicion time of a page that has not beaten MIN_SAMPLES times since it became ready or
-since its last shard load ended: its window says nothing about a page that is starting or
-running a new session's first runs. Measured at the high level (phi 8, 250 ms heartbeats):
+For phi values of a window of fewer than `MIN_SAMPLES` gaps, the heartbeat interval stands in
+for the mean. The fixed detector timeout is always an upper bound on phi's suspicion time,
+and it is the suspicion time of a page that has not beaten MIN_SAMPLES times since it became
+ready or since its last shard load ended: its window says nothing about a page that is
+starting or running a new session's first runs. Measured at the high level (phi 8, 250 ms heartbeats):
 12 false suspicions in 24 real runs, every one within a second of ready (silence 601-926 ms,
 0-2 gaps known) or right after a failover load (silence ~390 ms against a window of idle
 gaps).

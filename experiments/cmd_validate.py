@@ -355,7 +355,8 @@ def validate_suite(args: argparse.Namespace, tol, out) -> int:
         rows.append(f"| {spec['name']} | {f(c.real['median_ms'])} | {f(c.sim['median_ms'])} | "
                     f"{f(c.median_err_pct, 1)}% | {f(c.real['p95_ms'])} | {f(c.sim['p95_ms'])} | {f(c.p95_err_pct, 1)}% | "
                     f"{faults} | {f(c.outcome_agreement_pct)}% | {noise} | "
-                    f"{'n/a' if rep is None else '+/-' + f(rep['p95_se_pct'], 1) + '%'} | {f(bg, 2)} |")
+                    f"{'n/a' if rep is None or rep['p95_se_pct'] is None else '+/-' + f(rep['p95_se_pct'], 1) + '%'} | "
+                    f"{f(bg, 2)} |")
         out(f"{spec['name']}: real {', '.join(real_id)} sim {sim_id[0]} (+{len(sim_id) - 1} seeds): "
             f"{'PASSED' if c.passed else 'FAILED'}\n")
     out("\n".join(rows) + "\n")
