@@ -237,6 +237,12 @@ def run_pair(scenario, profile, db: str, timeout_s: float = 600.0, condition: bo
         if bg is not None:
             bgs.append(bg)
     bg = sum(bgs) / len(bgs) if bgs else None
+    from experiments.calibrate import steal_of
+    with Store(db) as store:
+        steals = [x for x in (steal_of(store, r) for r in reals) if x is not None]
+    if steals:
+        out(f"hypervisor CPU steal during the real run(s): {sum(steals) / len(steals):.2f} cores on average, "
+            f"{max(steals):.2f} in the worst run (not told to the sim)\n")
     placement = placement_of(db, reals, profile, str(scenario.backend), out)
     if condition and bg is not None:
         out(f"host background load during the real run(s): {bg:.2f} cores busy outside them (the sim is told; "
