@@ -407,6 +407,14 @@ def fit_settle(loads: list[tuple], lat: float) -> tuple[tuple[float, float, floa
                                            "cost_without": base[4], "later_loads": len(since)}
 
 
+def line_load_ms(line: tuple[float, float, float], settle: tuple[float, float], x: tuple) -> float:
+    """Load `x` (as fit_loads takes loads) on the load line, less the round trip: fixed + MB * per_mb,
+    + the page init for a page's first load, + the settle term (E, tau) for a later one."""
+    (fixed, per_mb, init), (e, tau) = line, settle
+    return (fixed + x[1] * per_mb + (init if x[3] else 0.0)
+            + (e * math.exp(-max(x[6], 0.0) / tau) if not x[3] and x[6] is not None else 0.0))
+
+
 def fit_loads(loads: list[tuple[str, float, float, bool, int, float]], link_latency_ms: float
               ) -> tuple[dict[str, tuple[float, float, float]], tuple[float, float, float] | None, dict]:
     """Shard load (session create) time per browser kind: fixed + MB * per_mb, plus the page's
@@ -441,10 +449,7 @@ def fit_loads(loads: list[tuple[str, float, float, bool, int, float]], link_late
             med = float(np.median([(x[2] - 2 * link_latency_ms) / max(x[1], 1e-6) for x in own]))
             used = (0.0, med, 0.0)
         per_kind[k] = used
-        e, tau = settles.get(k, (0.0, 1.0))
-        pred = np.array([used[0] + x[1] * used[1] + (used[2] if x[3] else 0.0)
-                         + (e * math.exp(-max(x[6], 0.0) / tau) if not x[3] and x[6] is not None else 0.0)
-                         for x in own])
+        pred = np.array([line_load_ms(used, settles.get(k, (0.0, 1.0)), x) for x in own])
         yy = np.maximum(np.array([x[2] - 2 * link_latency_ms for x in own]), 1e-3)
         res[k] = {"n": len(own), "own_fit": line is not None, "fixed_ms": used[0], "ms_per_mb": used[1],
                   "page_init_ms": used[2], **_residual_stats(yy, pred)}
@@ -910,12 +915,9 @@ def fit_profile(data: Iterable[RunData], base: Profile = DEFAULT_PROFILE, name: 
         served_load = fit_served_load(loads, served, load_lines, residuals["load"]["settle"], base.link_latency_ms)
     residuals["load"]["served"] = served_load
     def line_with_settle(k: str) -> Callable[[int], float]:
-        """Load i as the simulator predicts it without a later-load model: line + settle + served extra."""
-        fixed, per_mb, _ = load_lines[k]
-        e, tau = residuals["load"]["settle"][k]
-        extra = served_load.get(k, {}).get("served_load_ms", 0.0)
-        return lambda i: (2 * base.link_latency_ms + fixed + loads[i][1] * per_mb + (extra if served[i] else 0.0)
-                          + (e * math.exp(-loads[i][6] / tau) if loads[i][6] is not None else 0.0))
+        """Load i on the kind's line with its settle term (a kind with one has no served extra)."""
+        line, settle = load_lines[k], residuals["load"]["settle"][k]
+        return lambda i: 2 * base.link_latency_ms + line_load_ms(line, settle, loads[i])
     later = fit_later_loads(loads, [u for r in runs for u in (r.load_units or [None] * len(r.loads))],
                             [g for r in runs for g in (r.load_grown or [None] * len(r.loads))],
                             [q for r in runs for q in (r.load_quiet or [True] * len(r.loads))],
