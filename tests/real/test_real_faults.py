@@ -87,8 +87,10 @@ def _injected(run, fault):
 
 
 def test_memory_pressure_really_allocates_and_the_run_survives():
+    # the driver samples PSS 1 s in and then every 5 s: the workload outlasts the injection by more
+    # than one period, so a sample after it is certain (with 4 s, one run in ~10 ended first)
     s = _scenario([{"type": "memory_pressure", "at_ms": 800.0, "browser": "firefox", "level": "medium"}],
-                  rate=4.0, duration_s=4.0)
+                  rate=4.0, duration_s=7.0)
     run = run_real(s, profile=DEFAULT_PROFILE, timeout_s=240)
     inj = _injected(run, "memory_pressure")
     mb = PRESSURE_MB["medium"]
